@@ -1,0 +1,34 @@
+"""edt_jax: efficient diffusion transformers, fast samplers and their tooling in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="edt_jax",
+    version="0.1.0",
+    description="JAX/Flax diffusion library: EDT, UniPC, DP-IR, DisDiff and their launchers",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["edt_jax", "edt_jax.*"]),
+    install_requires=[
+        "jax>=0.10.0",
+        "flax>=0.12.0",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11.0",
+        "chex>=0.1.90",
+        "numpy>=1.26",
+        "absl-py>=2.1",
+        "ml_collections>=1.0",
+        "grain>=0.2.12",
+        "tensorflow-datasets>=4.9.9",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0"],
+        # Only for reading official .pth/.bin checkpoints; safetensors files need no torch.
+        "torch": ["torch>=2.4"],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
