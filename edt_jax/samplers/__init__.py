@@ -1,0 +1,13 @@
+"""Jit-compatible functional samplers: UniPC, DPM-Solver(++), DDIM, ancestral DDPM.
+
+Each sampler runs its whole trajectory as one ``lax.scan`` over host-computed float64 coefficients,
+so it can sit inside the caller's ``jax.jit``, under ``vmap`` and on sharded inputs.
+"""
+
+from edt_jax.samplers.core import dynamic_thresholding
+from edt_jax.samplers.dpm_solver import ddim, dpm_solver
+from edt_jax.samplers.unipc import unipc
+from edt_jax.samplers.wrappers import guidance_schedule, model_wrapper, output_to_noise
+
+__all__ = ["ddim", "dpm_solver", "dynamic_thresholding", "guidance_schedule", "model_wrapper", "output_to_noise",
+           "unipc"]
