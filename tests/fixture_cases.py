@@ -1,0 +1,91 @@
+"""Shared access to ``../shared/fixtures/samplers_reference.npz`` for the sampler tests.
+
+The fixture folder sits beside the repository; tests that need it skip with a clear reason when it
+is absent.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from edt_jax.diffusion import GaussianMixture, NoiseScheduleVP
+
+FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+SAMPLERS_NPZ = FIXTURES / "samplers_reference.npz"
+
+
+def load_sampler_fixture() -> dict:
+    """All arrays of the fixture; skips the calling test when the file is absent."""
+    if not SAMPLERS_NPZ.is_file():
+        pytest.skip(f"official sampler fixture not found at {SAMPLERS_NPZ} (the shared/fixtures folder is absent)")
+    with np.load(SAMPLERS_NPZ, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}
+
+
+def fixture_cases() -> list[dict]:
+    """The case descriptions (for parametrisation); empty when the fixture is absent."""
+    if not SAMPLERS_NPZ.is_file():
+        return []
+    with np.load(SAMPLERS_NPZ, allow_pickle=False) as data:
+        return json.loads(str(data["cases_json"]))
+
+
+def case_ids(case: dict | None) -> str:
+    return "no_fixture" if case is None else case["name"]
+
+
+def schedule_from_spec(spec: dict) -> NoiseScheduleVP:
+    kind = spec["kind"]
+    if kind == "discrete":
+        betas = np.linspace(spec["beta_start"], spec["beta_end"], spec["num_train_steps"], dtype=np.float64)
+        return NoiseScheduleVP.discrete(betas=betas)
+    if kind == "linear":
+        return NoiseScheduleVP.linear(spec["beta_0"], spec["beta_1"])
+    if kind == "cosine":
+        return NoiseScheduleVP.cosine()
+    raise ValueError(f"unknown schedule kind {kind!r}")
+
+
+def gmm_from_fixture(data: dict) -> GaussianMixture:
+    return GaussianMixture(data["gmm_means"], data["gmm_stds"], data["gmm_weights"])
+
+
+def numpy_eps_model(gmm: GaussianMixture, ns: NoiseScheduleVP, model_type: str, guidance: dict | None,
+                    cond: np.ndarray):
+    """The fixture's analytic network as a float64 NumPy noise predictor ``eps(x, t_vec)`` (for the loop twin)."""
+    net = gmm.model(ns, model_type)
+
+    def raw_eps(x: np.ndarray, t_vec: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
+        with jax.enable_x64(True):
+            t_input = jnp.asarray(ns.model_time(t_vec), jnp.float64)
+            lab = None if labels is None else jnp.asarray(labels)
+            out = np.asarray(net(jnp.asarray(x, jnp.float64), t_input, lab), dtype=np.float64)
+        shape = (-1,) + (1,) * (x.ndim - 1)
+        alpha_t = np.reshape(ns.marginal_alpha(t_vec), shape)
+        sigma_t = np.reshape(ns.marginal_std(t_vec), shape)
+        if model_type == "noise":
+            return out
+        if model_type == "x_start":
+            return (x - alpha_t * out) / sigma_t
+        if model_type == "v":
+            return alpha_t * out + sigma_t * x
+        raise ValueError(f"unknown model_type {model_type!r}")
+
+    if guidance is None:
+        return lambda x, t_vec: raw_eps(x, t_vec, None)
+
+    scale = float(guidance["scale"])
+    uncond = np.full(cond.shape, gmm.num_components, dtype=np.int64)
+
+    def cfg_eps(x: np.ndarray, t_vec: np.ndarray) -> np.ndarray:
+        eps_u = raw_eps(x, t_vec, uncond)
+        eps_c = raw_eps(x, t_vec, cond)
+        return eps_u + scale * (eps_c - eps_u)
+
+    return cfg_eps
