@@ -1,12 +1,14 @@
 """Shared access to ``../shared/fixtures/samplers_reference.npz`` for the sampler tests.
 
-The fixture folder sits beside the repository; tests that need it skip with a clear reason when it
-is absent.
+The fixture folder sits beside the repository (``../shared/fixtures``; the environment variable
+``EDT_JAX_FIXTURES`` points elsewhere, e.g. on a machine where only the repository was copied).
+Tests that need it skip with a clear reason when it is absent.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import jax
@@ -16,7 +18,7 @@ import pytest
 
 from edt_jax.diffusion import GaussianMixture, NoiseScheduleVP
 
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+FIXTURES = Path(os.environ.get("EDT_JAX_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
 SAMPLERS_NPZ = FIXTURES / "samplers_reference.npz"
 
 
