@@ -55,8 +55,15 @@ def to_data_prediction(x, eps, alpha, sigma, thresholding):
 
 
 def _weighted(weights: jax.Array, hist: jax.Array) -> jax.Array:
-    """sum_p weights[p] * hist[p] for hist (P, B, ...)."""
-    return jnp.tensordot(weights, hist, axes=1)
+    """sum_p weights[p] * hist[p] for hist (P, B, ...).
+
+    Unrolled (P <= 3) so that XLA fuses it into the surrounding elementwise update; a tensordot
+    becomes a separate dot over a relaid-out buffer (2-3x the per-step cost on CPU).
+    """
+    total = weights[0] * hist[0]
+    for p in range(1, hist.shape[0]):
+        total = total + weights[p] * hist[p]
+    return total
 
 
 def state_dtype(x_T: jax.Array):
