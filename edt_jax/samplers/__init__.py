@@ -5,9 +5,18 @@ so it can sit inside the caller's ``jax.jit``, under ``vmap`` and on sharded inp
 """
 
 from edt_jax.samplers.core import dynamic_thresholding
+from edt_jax.samplers.ddpm import ddpm
 from edt_jax.samplers.dpm_solver import ddim, dpm_solver
 from edt_jax.samplers.unipc import unipc
 from edt_jax.samplers.wrappers import guidance_schedule, model_wrapper, output_to_noise
 
-__all__ = ["ddim", "dpm_solver", "dynamic_thresholding", "guidance_schedule", "model_wrapper", "output_to_noise",
-           "unipc"]
+__all__ = [
+    "ddim",
+    "ddpm",
+    "dpm_solver",
+    "dynamic_thresholding",
+    "guidance_schedule",
+    "model_wrapper",
+    "output_to_noise",
+    "unipc",
+]

@@ -67,6 +67,7 @@ def _weighted(weights: jax.Array, hist: jax.Array) -> jax.Array:
 
 
 def state_dtype(x_T: jax.Array):
+    """float32, or float64 for a float64 x_T: the precision of x and the history in the scan."""
     if not jnp.issubdtype(x_T.dtype, jnp.floating):
         raise ValueError(f"x_T must be a floating-point array, got dtype {x_T.dtype}")
     return jnp.promote_types(x_T.dtype, jnp.float32)
