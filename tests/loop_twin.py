@@ -179,6 +179,46 @@ def _unipc_bh_update(w: _Wrapped, variant: str, x: np.ndarray, model_prev_list: 
     return x_t, model_t
 
 
+def _multistep_loop(w: _Wrapped, x: np.ndarray, timesteps: np.ndarray, order: int, lower_order_final: bool,
+                    corrects: bool, advance, t_0: float, denoise_to_zero: bool) -> np.ndarray:
+    """The official multistep ``sample`` loop shared by UniPC and DPM-Solver.
+
+    ``advance(x, model_prev_list, t_prev_list, t, step_order, correct)`` returns x at t and the model
+    value at the predicted point when it corrected (else None, and the model is evaluated at x).
+    """
+    steps = len(timesteps) - 1
+    t = float(timesteps[0])
+    t_prev_list = [t]
+    model_prev_list = [w(x, t)]
+
+    # Warm-up: steps 1 .. order-1 with order `step`.
+    for step in range(1, order):
+        t = float(timesteps[step])
+        x, model_x = advance(x, model_prev_list, t_prev_list, t, step, corrects)
+        if model_x is None:
+            model_x = w(x, t)
+        t_prev_list.append(t)
+        model_prev_list.append(model_x)
+
+    # Main loop with order `order` (lowered at the end if asked), no corrector at the last step.
+    for step in range(order, steps + 1):
+        t = float(timesteps[step])
+        step_order = min(order, steps + 1 - step) if lower_order_final else order
+        x, model_x = advance(x, model_prev_list, t_prev_list, t, step_order, corrects and step < steps)
+        for i in range(order - 1):
+            t_prev_list[i] = t_prev_list[i + 1]
+            model_prev_list[i] = model_prev_list[i + 1]
+        t_prev_list[-1] = t
+        if step < steps:
+            if model_x is None:
+                model_x = w(x, t)
+            model_prev_list[-1] = model_x
+
+    if denoise_to_zero:
+        x = w.data_prediction(x, t_0)
+    return x
+
+
 def unipc_loop(model_fn: ModelFn, x: np.ndarray, ns: NoiseScheduleVP, steps: int, order: int = 2,
                variant: str = "bh1", prediction: str = "data", skip_type: str = "time_uniform",
                t_start: float | None = None, t_end: float | None = None, lower_order_final: bool = True,
@@ -206,38 +246,12 @@ def unipc_loop(model_fn: ModelFn, x: np.ndarray, ns: NoiseScheduleVP, steps: int
     timesteps = ns.time_grid(skip_type, steps, t_start, t_end)
     x = np.asarray(x, dtype=np.float64)
 
-    t = float(timesteps[0])
-    t_prev_list = [t]
-    model_prev_list = [w(x, t)]
+    def advance(x_prev, model_prev_list, t_prev_list, t, step_order, correct):
+        return _unipc_bh_update(w, variant, x_prev, model_prev_list, t_prev_list, t, step_order,
+                                use_corrector=correct)
 
-    # Warm-up: steps 1 .. order-1 with UniPC of order `step` (always corrected).
-    for step in range(1, order):
-        t = float(timesteps[step])
-        x, model_x = _unipc_bh_update(w, variant, x, model_prev_list, t_prev_list, t, step, use_corrector=True)
-        if model_x is None:
-            model_x = w(x, t)
-        t_prev_list.append(t)
-        model_prev_list.append(model_x)
-
-    # Main loop with order `order` (lowered at the end), no corrector at the last step.
-    for step in range(order, steps + 1):
-        t = float(timesteps[step])
-        step_order = min(order, steps + 1 - step) if lower_order_final else order
-        use_corrector = step != steps
-        x, model_x = _unipc_bh_update(w, variant, x, model_prev_list, t_prev_list, t, step_order,
-                                      use_corrector=use_corrector)
-        for i in range(order - 1):
-            t_prev_list[i] = t_prev_list[i + 1]
-            model_prev_list[i] = model_prev_list[i + 1]
-        t_prev_list[-1] = t
-        if step < steps:
-            if model_x is None:
-                model_x = w(x, t)
-            model_prev_list[-1] = model_x
-
-    if denoise_to_zero:
-        x = w.data_prediction(x, t_0)
-    return x
+    # UniPC always lowers the final orders and always corrects (but after the last step).
+    return _multistep_loop(w, x, timesteps, order, lower_order_final, True, advance, t_0, denoise_to_zero)
 
 
 # --------------------------------------------------------------------------------------------- DPM-Solver
@@ -343,7 +357,7 @@ def dpm_solver_loop(model_fn: ModelFn, x: np.ndarray, ns: NoiseScheduleVP, steps
     timesteps = ns.time_grid(skip_type, steps, t_start, t_end)
     x = np.asarray(x, dtype=np.float64)
 
-    def advance(x_prev, step_order, t, correct):
+    def advance(x_prev, model_prev_list, t_prev_list, t, step_order, correct):
         """Predictor, then (optionally) UniC; returns x at t and the model value for the history."""
         x_pred = _dpm_multistep_update(w, x_prev, model_prev_list, t_prev_list, t, step_order)
         if not correct:
@@ -351,36 +365,6 @@ def dpm_solver_loop(model_fn: ModelFn, x: np.ndarray, ns: NoiseScheduleVP, steps
         return _unipc_bh_update(w, variant, x_prev, model_prev_list, t_prev_list, t, step_order,
                                 x_t=x_pred, use_corrector=True)
 
-    t = float(timesteps[0])
-    t_prev_list = [t]
-    model_prev_list = [w(x, t)]
-
-    # Warm-up: steps 1 .. order-1 with multistep DPM-Solver of order `step`.
-    for step in range(1, order):
-        t = float(timesteps[step])
-        x, model_x = advance(x, step, t, corrector is not None)
-        if model_x is None:
-            model_x = w(x, t)
-        t_prev_list.append(t)
-        model_prev_list.append(model_x)
-
-    # Main loop; the official code lowers the final orders only when steps < 10.
-    for step in range(order, steps + 1):
-        t = float(timesteps[step])
-        if lower_order_final and steps < 10:
-            step_order = min(order, steps + 1 - step)
-        else:
-            step_order = order
-        x, model_x = advance(x, step_order, t, corrector is not None and step < steps)
-        for i in range(order - 1):
-            t_prev_list[i] = t_prev_list[i + 1]
-            model_prev_list[i] = model_prev_list[i + 1]
-        t_prev_list[-1] = t
-        if step < steps:
-            if model_x is None:
-                model_x = w(x, t)
-            model_prev_list[-1] = model_x
-
-    if denoise_to_zero:
-        x = w.data_prediction(x, t_0)
-    return x
+    # The official code lowers the final orders only when steps < 10.
+    return _multistep_loop(w, x, timesteps, order, lower_order_final and steps < 10, corrector is not None,
+                           advance, t_0, denoise_to_zero)
