@@ -68,31 +68,27 @@ def _counting_jax_model(model_fn):
     return counted, calls
 
 
-@pytest.mark.parametrize("case", UNIPC_CASES, ids=lambda c: f"{c['schedule']}-o{c['order']}-{c['variant']}")
-def test_unipc_scan_equals_loop(case):
+def _assert_scan_equals_loop(case: dict, loop, sampler) -> None:
+    """The scan sampler equals the loop twin (float64) and both call the model `steps` (+1) times."""
     case = dict(case)
     ns, model_fn, numpy_model, x_T = _setup(case.pop("schedule"))
     twin_model = CountingModel(numpy_model)
-    expected = unipc_loop(twin_model, x_T, ns, **case)
+    expected = loop(twin_model, x_T, ns, **case)
     with jax.enable_x64(True):
         counted, calls = _counting_jax_model(model_fn)
-        out = jax.jit(lambda x: samplers.unipc(counted, x, ns, **case))(jnp.asarray(x_T))
-        out = np.asarray(out)
+        out = np.asarray(jax.jit(lambda x: sampler(counted, x, ns, **case))(jnp.asarray(x_T)))
     np.testing.assert_allclose(out, expected, rtol=0, atol=1e-10)
     assert len(calls) == twin_model.calls == case["steps"] + int(case.get("denoise_to_zero", False))
+
+
+@pytest.mark.parametrize("case", UNIPC_CASES, ids=lambda c: f"{c['schedule']}-o{c['order']}-{c['variant']}")
+def test_unipc_scan_equals_loop(case):
+    _assert_scan_equals_loop(case, unipc_loop, samplers.unipc)
 
 
 @pytest.mark.parametrize("case", DPM_CASES, ids=lambda c: f"{c['schedule']}-o{c['order']}-{c['algorithm']}")
 def test_dpm_solver_scan_equals_loop(case):
-    case = dict(case)
-    ns, model_fn, numpy_model, x_T = _setup(case.pop("schedule"))
-    twin_model = CountingModel(numpy_model)
-    expected = dpm_solver_loop(twin_model, x_T, ns, **case)
-    with jax.enable_x64(True):
-        counted, calls = _counting_jax_model(model_fn)
-        out = np.asarray(jax.jit(lambda x: samplers.dpm_solver(counted, x, ns, **case))(jnp.asarray(x_T)))
-    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-10)
-    assert len(calls) == twin_model.calls == case["steps"] + int(case.get("denoise_to_zero", False))
+    _assert_scan_equals_loop(case, dpm_solver_loop, samplers.dpm_solver)
 
 
 def test_ddim_is_first_order_dpm_solver_and_unipc1_is_ddim_plus_unic():
