@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from edt_jax.diffusion.ddpm import DiscreteDiffusion, space_timesteps
+from edt_jax.samplers import validation
+from edt_jax.samplers.core import state_dtype
 
 VARIANCES = ("learned_range", "fixed_small", "fixed_large")
 MODEL_TYPES = ("noise", "x_start", "v")
@@ -63,10 +65,8 @@ def _check_args(diffusion, steps, variance, model_type, x_T) -> None:
     if not is_int or not 1 <= steps <= diffusion.num_steps:
         raise ValueError(f"steps={steps!r} is not accepted; expected an integer in [1, {diffusion.num_steps}] "
                          f"(the diffusion's number of timesteps)")
-    if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; expected one of {', '.join(VARIANCES)}")
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model_type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+    validation.check_choice("variance", variance, VARIANCES)
+    validation.check_choice("model_type", model_type, MODEL_TYPES)
     if jnp.ndim(x_T) < 2:
         raise ValueError(f"x_T must have shape (B, ..., C) with at least 2 axes, got shape {jnp.shape(x_T)}")
 
@@ -99,7 +99,7 @@ def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key
     tables = _step_tables(spaced, variance)
 
     x_T = jnp.asarray(x_T)
-    dtype = jnp.promote_types(x_T.dtype, jnp.float32)
+    dtype = state_dtype(x_T)
     x_T = x_T.astype(dtype)
     batch, channels = x_T.shape[0], x_T.shape[-1]
     out_channels = 2 * channels if variance == "learned_range" else channels
