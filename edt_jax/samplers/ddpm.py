@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edt_jax.checks import check_choice
 from edt_jax.diffusion.ddpm import DiscreteDiffusion, space_timesteps
-from edt_jax.samplers import validation
 from edt_jax.samplers.core import state_dtype
 
 VARIANCES = ("learned_range", "fixed_small", "fixed_large")
@@ -65,8 +65,8 @@ def _check_args(diffusion, steps, variance, model_type, x_T) -> None:
     if not is_int or not 1 <= steps <= diffusion.num_steps:
         raise ValueError(f"steps={steps!r} is not accepted; expected an integer in [1, {diffusion.num_steps}] "
                          f"(the diffusion's number of timesteps)")
-    validation.check_choice("variance", variance, VARIANCES)
-    validation.check_choice("model_type", model_type, MODEL_TYPES)
+    check_choice("variance", variance, VARIANCES)
+    check_choice("model_type", model_type, MODEL_TYPES)
     if jnp.ndim(x_T) < 2:
         raise ValueError(f"x_T must have shape (B, ..., C) with at least 2 axes, got shape {jnp.shape(x_T)}")
 

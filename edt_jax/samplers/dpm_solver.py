@@ -16,6 +16,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from edt_jax.checks import check_choice
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 from edt_jax.samplers import validation
 from edt_jax.samplers.core import run_plan
@@ -57,7 +58,7 @@ def dpm_solver_step(grid: TimeGrid, j: int, order: int, prediction: str, size: i
 
 def _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_end, lower_order_final,
             denoise_to_zero, thresholding, corrector):
-    validation.check_choice("corrector", corrector, CORRECTORS + (None,))
+    check_choice("corrector", corrector, CORRECTORS + (None,))
     grid = validation.check_trajectory(ns, steps, order, MAX_ORDER, skip_type, t_start, t_end)
     validation.check_thresholding(thresholding)
     validation.check_guidance_length(model_fn, steps, denoise_to_zero)
@@ -83,7 +84,7 @@ def dpm_solver(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, o
     applies only when steps < 10, as in the reference. Thresholding acts on data predictions, so
     it affects "dpmsolver" only through ``denoise_to_zero``.
     """
-    validation.check_choice("algorithm", algorithm, ALGORITHMS)
+    check_choice("algorithm", algorithm, ALGORITHMS)
     prediction = "data" if algorithm == "dpmsolver++" else "noise"
     return _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_end, lower_order_final,
                    denoise_to_zero, thresholding, corrector)

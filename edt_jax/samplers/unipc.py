@@ -19,6 +19,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from edt_jax.checks import check_choice
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 from edt_jax.samplers import validation
 from edt_jax.samplers.core import run_plan
@@ -104,8 +105,8 @@ def unipc(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order:
     Returns:
       (B, ...) the sample at t_end, float32 (or float64 when x_T is float64).
     """
-    validation.check_choice("variant", variant, VARIANTS)
-    validation.check_choice("prediction", prediction, ("data", "noise"))
+    check_choice("variant", variant, VARIANTS)
+    check_choice("prediction", prediction, ("data", "noise"))
     grid = validation.check_trajectory(ns, steps, order, MAX_ORDER, skip_type, t_start, t_end)
     validation.check_thresholding(thresholding)
     validation.check_guidance_length(model_fn, steps, denoise_to_zero)

@@ -1,33 +1,14 @@
-"""Argument checks shared by the samplers, run on the host before anything is traced.
-
-Each failure is a one-line ``ValueError`` that names the bad value and what is accepted, so a typo
-never surfaces as a shape error deep inside XLA.
-"""
+"""Argument checks of the samplers, run on the host before anything is traced (one-line ``ValueError``s)."""
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Sequence
-
 import numpy as np
 
+from edt_jax.checks import check_choice, check_int
 from edt_jax.diffusion.schedules import SKIP_TYPES, NoiseScheduleVP
 from edt_jax.samplers.plan import TimeGrid
 
 GUIDANCE_STEPS_ATTR = "guidance_steps"
-
-
-def check_choice(name: str, value, accepted: Sequence) -> None:
-    if value not in accepted:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(repr(a) for a in accepted)}")
-
-
-def check_int(name: str, value, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low \
-            or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
-    return int(value)
 
 
 def check_trajectory(ns: NoiseScheduleVP, steps: int, order: int, max_order: int, skip_type: str,

@@ -14,9 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edt_jax.checks import check_choice
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 from edt_jax.samplers.core import STEP_KWARG_ATTR
-from edt_jax.samplers.validation import GUIDANCE_STEPS_ATTR, check_choice
+from edt_jax.samplers.validation import GUIDANCE_STEPS_ATTR
 
 MODEL_TYPES = ("noise", "x_start", "v", "score")
 GUIDANCE_TYPES = ("uncond", "classifier-free")
