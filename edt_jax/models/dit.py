@@ -1,0 +1,73 @@
+"""DiT (Peebles & Xie, 2023), the isotropic baseline EDT is compared with.
+
+Same embedders and adaLN-Zero blocks as EDT, standard attention without relative bias. The EDT
+authors also evaluated DiT with the Attention Modulation Matrix on chosen blocks
+(``other_models/models_dit_with_amm.py``); ``amm_blocks`` selects them (none by default).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from edt_jax.models.blocks import TransformerBlock
+from edt_jax.models.layers import (
+    Dtype,
+    FinalLayer,
+    LabelEmbedder,
+    PatchEmbed,
+    TimestepEmbedder,
+    check_input_shape,
+    sincos_pos_embed_2d,
+    unpatchify,
+)
+
+# Blocks the EDT authors modulated in their DiT experiments (models_dit_with_amm.py, cfg = 1 / 1.5).
+AUTHORS_AMM_BLOCKS = {"DiT-XL/2": (15, 17, 19, 22, 24), "DiT-S/2": (8, 10)}
+
+
+class DiT(nn.Module):
+    """The DiT network; build it with ``edt_jax.models.create_model("DiT-XL/2", ...)``.
+
+    Call: ``model.apply(variables, x, t, y, train=False, amm=True)`` with x (B, H, W, C) NHWC -> (B, H, W, C_out).
+    """
+
+    input_size: int
+    hidden_size: int
+    depth: int
+    num_heads: int
+    patch_size: int = 2
+    in_channels: int = 4
+    num_classes: int = 1000
+    learn_sigma: bool = True
+    class_dropout_prob: float = 0.1
+    mlp_ratio: float = 4.0
+    amm_blocks: tuple[int, ...] = ()
+    remat: bool = False
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * 2 if self.learn_sigma else self.in_channels
+
+    @property
+    def grid(self) -> int:
+        return self.input_size // self.patch_size
+
+    @nn.compact
+    def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False, amm: bool = True) -> jax.Array:
+        check_input_shape(x, (self.input_size, self.input_size, self.in_channels))
+        x = PatchEmbed(self.hidden_size, self.patch_size, self.dtype, self.param_dtype, name="x_embedder")(x)
+        x = x + sincos_pos_embed_2d(self.hidden_size, self.grid).astype(x.dtype)
+        c = TimestepEmbedder(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name="t_embedder")(t)
+        c = c + LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob, self.param_dtype,
+                              name="y_embedder")(y, train)
+        block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+        for i in range(self.depth):
+            apply_amm = amm and not train and i in self.amm_blocks
+            x = block_cls(self.num_heads, self.grid, False, self.mlp_ratio, self.dtype, self.param_dtype,
+                          name=f"blocks_{i}")(x, c, apply_amm)
+        x = FinalLayer(self.patch_size, self.out_channels, self.dtype, self.param_dtype, name="final_layer")(x, c)
+        return unpatchify(x, self.patch_size, self.out_channels)
