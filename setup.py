@@ -23,8 +23,10 @@ setup(
         "tensorflow-datasets>=4.9.9",
     ],
     extras_require={
-        "test": ["pytest>=8.0"],
-        # Only for reading official .pth/.bin checkpoints; safetensors files need no torch.
+        "test": ["pytest>=8.0", "safetensors>=0.4"],
+        # Reading .safetensors weight files (no torch needed).
+        "weights": ["safetensors>=0.4"],
+        # Only for reading official .pt/.pth/.bin checkpoints.
         "torch": ["torch>=2.4"],
     },
     classifiers=[

@@ -1,0 +1,151 @@
+"""Official PyTorch state dicts of EDT and DiT -> Flax parameters, and checkpoint-file loaders.
+
+The mapping is derived from the Flax parameter tree, not from the state dict, so every parameter the
+model needs is looked up under its official name (``blocks.3.attn.qkv.weight`` for
+``blocks_3/attn/qkv/kernel``) and checked for shape; leftovers other than the frozen buffers are
+reported too. Layouts: Linear weights (out, in) -> kernels (in, out); the patch-embedding conv
+(out, in, kh, kw) -> (kh, kw, in, out).
+
+Files: ``load_state_dict(path)`` reads ``.npz`` and ``.safetensors`` without torch, and ``.pt`` /
+``.pth`` (the official training checkpoints, via ``torch.load(weights_only=True)``) when the optional
+``torch`` extra is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+# Buffers of the official modules that are recomputed here rather than loaded.
+FROZEN_BUFFERS = re.compile(r"(^|\.)(pos_embed|relative_position_index|modulation_matrix)$")
+
+
+def official_name(path: tuple[str, ...]) -> str:
+    """Flax path -> official key: ('blocks_3', 'mlp', 'fc1', 'kernel') -> 'blocks.3.mlp.fc1.weight'."""
+    parts = []
+    for part in path[:-1]:
+        if part == "linear" and parts and parts[-1] == "adaLN_modulation":
+            part = "1"  # nn.Sequential(SiLU, Linear): the Linear is index 1
+        parts.append(re.sub(r"_(\d+)$", r".\1", part))
+    leaf = path[-1]
+    if leaf == "kernel":
+        parts.append("weight")
+    elif leaf == "embedding_table":
+        parts.extend([leaf, "weight"])
+    else:
+        parts.append(leaf)
+    return ".".join(parts)
+
+
+def _to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    if leaf == "kernel" and array.ndim == 4:
+        return array.transpose(2, 3, 1, 0)
+    return array
+
+
+def edt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module) -> dict:
+    """Flax ``params`` for ``model`` (EDT or DiT from ``create_model``) from an official state dict.
+
+    Args:
+      state_dict: official name -> array (numpy, or anything ``np.asarray`` accepts, e.g. CPU torch
+        tensors); a ``module.`` prefix (DistributedDataParallel) is stripped.
+      model: the Flax module whose parameters to fill.
+
+    Returns the nested params dict (float arrays in the model's ``param_dtype``). Raises a one-line
+    ``ValueError`` naming the first missing, mis-shaped or unexpected tensor.
+    """
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    abstract = abstract_params(model)
+    params = {}
+    used = set()
+    for path, leaf in traverse_util.flatten_dict(abstract).items():
+        key = official_name(path)
+        if key not in state:
+            raise ValueError(f"state dict has no tensor {key!r} (needed for {'/'.join(path)}); "
+                             f"is it a checkpoint of this model configuration?")
+        array = _to_flax_layout(np.asarray(state[key]), path[-1])
+        if array.shape != tuple(leaf.shape):
+            raise ValueError(f"tensor {key!r} has shape {tuple(np.asarray(state[key]).shape)}, but this model needs "
+                             f"{_official_shape(leaf.shape, path[-1])}")
+        params[path] = jnp.asarray(array, dtype=leaf.dtype)
+        used.add(key)
+    unexpected = sorted(k for k in state if k not in used and not FROZEN_BUFFERS.search(k))
+    if unexpected:
+        raise ValueError(f"state dict has {len(unexpected)} tensor(s) this model does not use, e.g. {unexpected[0]!r}")
+    return traverse_util.unflatten_dict(params)
+
+
+def _official_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+    if leaf == "kernel" and len(shape) == 2:
+        return tuple(shape[::-1])
+    if leaf == "kernel" and len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(shape)
+
+
+def abstract_params(model: nn.Module) -> dict:
+    """Shape/dtype structs of the model's params, without allocating them."""
+    size = model.input_size
+    x = jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.float32)
+    y = jax.ShapeDtypeStruct((1,), jnp.int32)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x, t, y)
+    return nn.meta.unbox(variables["params"])
+
+
+def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, np.ndarray]:
+    """Read a state dict from ``.npz``, ``.safetensors`` or ``.pt``/``.pth``; nothing is downloaded.
+
+    Official training checkpoints hold several dicts (``model``, ``ema``, ``opt``, ``args``): ``key``
+    picks one (default ``"ema"`` when present, else ``"model"``). In ``.npz`` files a ``param/`` prefix
+    on the names (as in the test fixtures) is removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} not found; download the official weights yourself "
+                                f"and pass their local path (nothing is fetched at run time)")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            names = [n for n in data.files if n.startswith("param/")] or list(data.files)
+            return {n.removeprefix("param/"): data[n] for n in names}
+    if suffix == ".safetensors":
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise ImportError("reading .safetensors needs the 'safetensors' package: "
+                              "pip install 'edt_jax[weights]'") from None
+        return load_file(str(path))
+    if suffix in (".pt", ".pth", ".bin"):
+        return _load_torch(path, key)
+    raise ValueError(f"unsupported checkpoint format {suffix!r} of {str(path)!r}; "
+                     f"expected .npz, .safetensors, .pt, .pth or .bin")
+
+
+def _load_torch(path: Path, key: str | None) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"reading {path.suffix} checkpoints needs torch: pip install 'edt_jax[torch]' "
+                          f"(or convert the file to .safetensors/.npz once elsewhere)") from None
+    # The official train scripts also store their argparse.Namespace; allow exactly that class.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(checkpoint, Mapping) and not all(hasattr(v, "shape") for v in checkpoint.values()):
+        choices = [k for k in ("ema", "model", "state_dict") if k in checkpoint]
+        pick = key or (choices[0] if choices else None)
+        if pick not in checkpoint:
+            raise ValueError(f"checkpoint {str(path)!r} holds {sorted(checkpoint)}; pass key= one of them")
+        checkpoint = checkpoint[pick]
+    return {name: tensor.detach().float().numpy() if tensor.is_floating_point() else tensor.numpy()
+            for name, tensor in checkpoint.items()}
