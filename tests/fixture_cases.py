@@ -1,33 +1,22 @@
-"""Shared access to ``../shared/fixtures/samplers_reference.npz`` for the sampler tests.
-
-The fixture folder sits beside the repository (``../shared/fixtures``; the environment variable
-``EDT_JAX_FIXTURES`` points elsewhere, e.g. on a machine where only the repository was copied).
-Tests that need it skip with a clear reason when it is absent.
-"""
+"""Shared access to ``samplers_reference.npz`` (see ``shared_fixtures``) for the sampler tests."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
+from shared_fixtures import FIXTURES, load_npz
 
 from edt_jax.diffusion import GaussianMixture, NoiseScheduleVP
 
-FIXTURES = Path(os.environ.get("EDT_JAX_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
 SAMPLERS_NPZ = FIXTURES / "samplers_reference.npz"
 
 
 def load_sampler_fixture() -> dict:
     """All arrays of the fixture; skips the calling test when the file is absent."""
-    if not SAMPLERS_NPZ.is_file():
-        pytest.skip(f"official sampler fixture not found at {SAMPLERS_NPZ} (the shared/fixtures folder is absent)")
-    with np.load(SAMPLERS_NPZ, allow_pickle=False) as data:
-        return {key: data[key] for key in data.files}
+    return load_npz(SAMPLERS_NPZ.name)
 
 
 def fixture_cases() -> list[dict]:
