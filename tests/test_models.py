@@ -251,3 +251,19 @@ def test_loaders(tmp_path, tiny):
     safetensors.save_file(state, str(tmp_path / "w.safetensors"))
     loaded = load_state_dict(tmp_path / "w.safetensors")
     edt_params_from_torch(loaded, model)
+
+
+def test_torch_checkpoint_loader(tmp_path, tiny):
+    """An official-style training checkpoint: {"model", "ema", "opt", "args"}; the EMA weights are read."""
+    torch = pytest.importorskip("torch", reason="torch (the optional 'torch' extra) is not installed")
+    import argparse
+
+    model, params = tiny
+    state = _tiny_state_dict(model, params)
+    ema = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
+    raw = {k: torch.zeros_like(v) for k, v in ema.items()}
+    torch.save({"model": raw, "ema": ema, "opt": {}, "args": argparse.Namespace(model="EDT")}, tmp_path / "c.pt")
+    loaded = load_state_dict(tmp_path / "c.pt")
+    np.testing.assert_array_equal(loaded["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
+    assert not load_state_dict(tmp_path / "c.pt", key="model")["blocks.0.attn.qkv.weight"].any()
+    edt_params_from_torch(loaded, model)

@@ -138,9 +138,10 @@ def _load_torch(path: Path, key: str | None) -> dict[str, np.ndarray]:
     except ImportError:
         raise ImportError(f"reading {path.suffix} checkpoints needs torch: pip install 'edt_jax[torch]' "
                           f"(or convert the file to .safetensors/.npz once elsewhere)") from None
-    # The official train scripts also store their argparse.Namespace; allow exactly that class.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    # The official train scripts also store their argparse.Namespace; allow exactly that class
+    # (add_safe_globals exists from torch 2.4; the safe_globals context manager only from 2.5).
+    torch.serialization.add_safe_globals([argparse.Namespace])
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(checkpoint, Mapping) and not all(hasattr(v, "shape") for v in checkpoint.values()):
         choices = [k for k in ("ema", "model", "state_dict") if k in checkpoint]
         pick = key or (choices[0] if choices else None)
