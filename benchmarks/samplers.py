@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -26,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from bench_utils import machine_info, md_table, time_call
 
 from edt_jax import samplers
 from edt_jax.diffusion.analytic import GaussianMixture
@@ -66,23 +65,6 @@ def parse_args() -> argparse.Namespace:
     if args.quick:
         args.batch, args.ref_steps, args.timing_batch, args.repeats = 64, 200, 8, 3
     return args
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table; the first column is left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-
-
-def machine_info() -> str:
-    cpu = platform.processor()
-    if not cpu and Path("/proc/cpuinfo").exists():
-        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                 if ln.startswith("model name")]
-        cpu = names[0] if names else ""
-    dev = jax.devices()[0]
-    return (f"CPU `{cpu or platform.machine()}`, os.cpu_count() = {os.cpu_count()}, jax {jax.__version__}, "
-            f"backend `{jax.default_backend()}` ({dev.device_kind}, {jax.device_count()} device(s))")
 
 
 # ----------------------------------------------------------------------------- (a) error vs NFE
@@ -165,20 +147,6 @@ class MLPNoise(nn.Module):
         h = nn.Dense(self.width)(x.reshape(x.shape[0], -1)) + nn.Dense(self.width)(emb)
         h = nn.Dense(self.width)(nn.silu(h))
         return nn.Dense(int(np.prod(x.shape[1:])))(nn.silu(h)).reshape(x.shape)
-
-
-def time_call(fn: Callable, args: tuple, repeats: int) -> tuple[float, list[float]]:
-    """(compile seconds, list of run seconds) of ``jax.jit(fn)`` on ``args``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(*args))  # warm-up
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        runs.append(time.perf_counter() - t0)
-    return compile_s, runs
 
 
 def timing_benchmark(args: argparse.Namespace) -> tuple[str, dict]:

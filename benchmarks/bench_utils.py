@@ -1,0 +1,42 @@
+"""Helpers shared by the benchmark scripts: markdown tables, machine description, compiled timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table; the first column is left-aligned, the others right-aligned."""
+    lines = ["| " + " | ".join(header) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def machine_info() -> str:
+    cpu = platform.processor()
+    if not cpu and Path("/proc/cpuinfo").exists():
+        names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                 if ln.startswith("model name")]
+        cpu = names[0] if names else ""
+    dev = jax.devices()[0]
+    return (f"CPU `{cpu or platform.machine()}`, os.cpu_count() = {os.cpu_count()}, jax {jax.__version__}, "
+            f"backend `{jax.default_backend()}` ({dev.device_kind}, {jax.device_count()} device(s))")
+
+
+def time_call(fn: Callable, args: tuple, repeats: int) -> tuple[float, list[float]]:
+    """(compile seconds, list of run seconds) of ``jax.jit(fn)`` on ``args``."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    compile_s = time.perf_counter() - t0
+    jax.block_until_ready(compiled(*args))  # warm-up
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        runs.append(time.perf_counter() - t0)
+    return compile_s, runs
