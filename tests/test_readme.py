@@ -1,4 +1,4 @@
-"""The README's sampling example runs as written."""
+"""The README's examples run as written."""
 
 from __future__ import annotations
 
@@ -10,11 +10,22 @@ import jax.numpy as jnp
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_readme_unipc_example_runs():
+def run_readme_block(marker: str) -> dict:
+    """Execute the README's python block containing ``marker``; return its namespace."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    example = next(b for b in blocks if "samplers.unipc" in b)
+    example = next(b for b in blocks if marker in b)
     namespace: dict = {}
     exec(compile(example, str(README), "exec"), namespace)
-    x0 = namespace["x0"]
+    return namespace
+
+
+def test_readme_unipc_example_runs():
+    x0 = run_readme_block("nn.Dense(8)")["x0"]
     assert x0.shape == (16, 8) and x0.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(x0)))
+
+
+def test_readme_edt_sampling_example_runs():
+    latents = run_readme_block('create_model("EDT"')["latents"]
+    assert latents.shape == (4, 16, 16, 4) and latents.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(latents)))
