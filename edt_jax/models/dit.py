@@ -15,11 +15,7 @@ from edt_jax.models.blocks import TransformerBlock
 from edt_jax.models.layers import (
     Dtype,
     FinalLayer,
-    LabelEmbedder,
-    PatchEmbed,
-    TimestepEmbedder,
-    check_input_shape,
-    sincos_pos_embed_2d,
+    embed_inputs,
     unpatchify,
 )
 
@@ -58,12 +54,7 @@ class DiT(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False, amm: bool = True) -> jax.Array:
-        check_input_shape(x, (self.input_size, self.input_size, self.in_channels))
-        x = PatchEmbed(self.hidden_size, self.patch_size, self.dtype, self.param_dtype, name="x_embedder")(x)
-        x = x + sincos_pos_embed_2d(self.hidden_size, self.grid).astype(x.dtype)
-        c = TimestepEmbedder(self.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype, name="t_embedder")(t)
-        c = c + LabelEmbedder(self.num_classes, self.hidden_size, self.class_dropout_prob, self.param_dtype,
-                              name="y_embedder")(y, train)
+        x, c, _ = embed_inputs(self, x, t, y, self.hidden_size, train)
         block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
         for i in range(self.depth):
             apply_amm = amm and not train and i in self.amm_blocks

@@ -24,11 +24,8 @@ from edt_jax.models.layers import (
     AdaLNModulation,
     Dtype,
     FinalLayer,
-    LabelEmbedder,
-    PatchEmbed,
-    TimestepEmbedder,
-    check_input_shape,
     dense,
+    embed_inputs,
     layer_norm,
     merge_2x2,
     modulate,
@@ -153,7 +150,7 @@ class EDT(nn.Module):
         explicit ``keep_masks`` (one (B, tokens) array per down-sampling module, 1 = kept) imply it.
         ``mid_keep_mask`` (B, n*n) is EDT-XL's stage-0 mask. The AMM acts only when ``amm`` and not ``train``.
         """
-        check_input_shape(x, (self.input_size, self.input_size, self.in_channels))
+        x, c, pos_embed = embed_inputs(self, x, t, y, self.dims[0], train)  # checks x's shape first
         batch = x.shape[0]
         grids = self.stage_grids()
         masked = masked or keep_masks is not None
@@ -161,13 +158,6 @@ class EDT(nn.Module):
             keep_masks = _check_keep_masks(keep_masks, self.keep_mask_shapes(batch))
         if mid_keep_mask is not None and not (self.mid_mask and masked):
             raise ValueError("mid_keep_mask is only used by the masked pass of a model with mid_mask=True (EDT-XL)")
-
-        pos_embed = sincos_pos_embed_2d(self.dims[0], grids[0])
-        x = PatchEmbed(self.dims[0], self.patch_size, self.dtype, self.param_dtype, name="x_embedder")(x)
-        x = x + pos_embed.astype(x.dtype)
-        c = TimestepEmbedder(self.dims[0], dtype=self.dtype, param_dtype=self.param_dtype, name="t_embedder")(t)
-        c = c + LabelEmbedder(self.num_classes, self.dims[0], self.class_dropout_prob, self.param_dtype,
-                              name="y_embedder")(y, train)
 
         block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
         skips = []
