@@ -29,3 +29,8 @@ def test_readme_edt_sampling_example_runs():
     latents = run_readme_block('create_model("EDT"')["latents"]
     assert latents.shape == (4, 16, 16, 4) and latents.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(latents)))
+
+
+def test_readme_data_example_runs():
+    batch = run_readme_block("data.create_source")["batch"]
+    assert batch["image"].shape == (256, 32, 32, 3) and batch["label"].shape == (256,)
