@@ -24,6 +24,8 @@ def test_shapes_source_through_the_pipeline_to_a_global_batch():
     batch = first_batch(source, 16, random_flip=True)
     assert batch["image"].shape == (16, 32, 32, 3) and batch["image"].dtype == np.float32
     assert set(np.unique(batch["label"])) <= {0, 1, 2}
+    assert batch["factors"].shape == (16, 7)
+    np.testing.assert_array_equal(batch["factors"][:, 0], batch["label"])
     global_batch = to_global(batch, create_mesh(data=8))
     assert global_batch["image"].shape == (16, 32, 32, 3)
 
