@@ -1,0 +1,67 @@
+"""Training metrics: one JSON object per logged step in ``workdir/metrics.jsonl``, and a progress line.
+
+Only process 0 writes. On resume the file is cut back to the restored step, so steps replayed after
+a crash appear once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import jax
+from absl import logging
+
+
+class MetricsWriter:
+    """Appends ``{"step": ..., "loss": ..., ...}`` lines and logs progress with images/s and ETA."""
+
+    def __init__(self, workdir: str | Path, total_steps: int, global_batch: int | None = None):
+        self.path = Path(workdir) / "metrics.jsonl"
+        self.total_steps = total_steps
+        self.global_batch = global_batch
+        self.is_writer = jax.process_index() == 0
+        self._last_time: float | None = None
+        self._last_step = 0
+
+    def truncate_after(self, step: int) -> None:
+        """Drop lines of steps > ``step`` (written after the checkpoint a resumed run starts from)."""
+        if not (self.is_writer and self.path.exists()):
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def start(self, step: int) -> None:
+        self._last_time, self._last_step = time.perf_counter(), step
+
+    def write(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
+        """Record the metrics of ``step`` (already fetched to host floats), with throughput since the last call."""
+        now = time.perf_counter()
+        record = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        if self._last_time is not None and step > self._last_step and self.global_batch:
+            seconds = (now - self._last_time) / (step - self._last_step)
+            record["step_time_s"] = seconds
+            record["images_per_s"] = self.global_batch / seconds
+            eta = seconds * (self.total_steps - step)
+        else:
+            eta = math.nan
+        self._last_time, self._last_step = now, step
+        if self.is_writer:
+            with self.path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            extras = "".join(f" {k} {record[k]:.4g}" for k in ("grad_norm", "learning_rate") if k in record)
+            rate = f" {record['images_per_s']:.1f} img/s" if "images_per_s" in record else ""
+            logging.info("step %d/%d (%.0f%%) loss %.5f%s%s ETA %s", step, self.total_steps,
+                         100.0 * step / self.total_steps, record["loss"], extras, rate, _format_eta(eta))
+        return record
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
