@@ -42,7 +42,8 @@ def host_batch_size(global_batch: int, process_count: int | None = None, mesh: M
 
 def create_dataset(source: Sequence, batch_size: int, *, seed: int = 0, shuffle: bool = True,
                    num_epochs: int | None = None, image_size: int | None = None, channels: int | None = None,
-                   label_key: str | None = "label", random_flip: bool = False, drop_remainder: bool = True,
+                   label_key: str | None = "label", latent_scale: float = 1.0, random_flip: bool = False,
+                   drop_remainder: bool = True,
                    process_index: int | None = None, process_count: int | None = None, num_threads: int | None = None,
                    num_workers: int = 0) -> grain.IterDataset:
     """A grain dataset of host batches (dicts of numpy arrays, leading axis ``batch_size``).
@@ -52,7 +53,7 @@ def create_dataset(source: Sequence, batch_size: int, *, seed: int = 0, shuffle:
       batch_size: records per batch on this process (see ``host_batch_size``).
       seed: shuffling and flip seed; the same seed gives the same stream.
       shuffle: reshuffle every epoch; ``num_epochs`` None repeats forever.
-      image_size, channels, label_key: see ``Preprocess``.
+      image_size, channels, label_key, latent_scale: see ``Preprocess``.
       random_flip: flip images left-right with probability 1/2 (seeded per record).
       process_index, process_count: this process's slice (default: from ``jax``).
       num_threads: reader threads (default: a quarter of the CPU cores, 1 to 8; decoding is mostly
@@ -74,7 +75,7 @@ def create_dataset(source: Sequence, batch_size: int, *, seed: int = 0, shuffle:
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
-    ds = ds.map(Preprocess(image_size, channels, label_key))
+    ds = ds.map(Preprocess(image_size, channels, label_key, latent_scale))
     if random_flip:
         ds = ds.random_map(random_horizontal_flip)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

@@ -37,15 +37,17 @@ class Preprocess:
       image_size: output side for pixel images (None keeps the stored size; it must then be uniform).
       channels: output channels for pixel images (1 -> 3 repeats grey; None keeps them).
       label_key: record key of the class label; None (or absent in the record) gives label 0.
+      latent_scale: factor applied to ``latent`` records (0.18215 for SD-VAE latents).
       keep_keys: other record fields passed through unchanged when present (e.g. the shapes
         dataset's ``factors``, which disentanglement metrics need).
     """
 
     def __init__(self, image_size: int | None = None, channels: int | None = None, label_key: str | None = "label",
-                 keep_keys: tuple[str, ...] = ("factors",)):
+                 latent_scale: float = 1.0, keep_keys: tuple[str, ...] = ("factors",)):
         self.image_size = image_size
         self.channels = channels
         self.label_key = label_key
+        self.latent_scale = latent_scale
         self.keep_keys = keep_keys
 
     def __call__(self, record: dict) -> dict:
@@ -53,7 +55,7 @@ class Preprocess:
         out = {"label": np.asarray(label, np.int32)}
         out.update({k: np.asarray(record[k]) for k in self.keep_keys if k in record})
         if "latent" in record:
-            out["latent"] = np.asarray(record["latent"], np.float32)
+            out["latent"] = np.asarray(record["latent"], np.float32) * np.float32(self.latent_scale)
             return out
         image = np.asarray(record["image"])
         if image.ndim == 2:

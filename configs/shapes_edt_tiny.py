@@ -1,0 +1,30 @@
+"""A tiny EDT on the embedded shapes dataset: the README's main job, minutes on a 2-core CPU.
+
+    python -m launch.train --config configs/shapes_edt_tiny.py --workdir /tmp/shapes_edt
+    python -m launch.sample --workdir /tmp/shapes_edt --sampler unipc --steps 20 --num_samples 64 \\
+        --output /tmp/shapes_edt/samples.png
+
+``get_config("test")`` is a few-step variant for the test suite.
+"""
+
+from configs.base import base_config
+
+
+def get_config(arg=None):
+    c = base_config()
+    c.total_steps = 1500
+    c.batch_size = 64
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 500
+    c.ema_decay = 0.995  # a short run: the EMA must forget the random initialisation within ~1k steps
+    # 32x32 RGB, patch 4: token grids 8/4/2/4/8; AMM on the two last-stage-group blocks (grids 4 and 8).
+    c.model.update(dict(name="EDT", dims=(64, 96, 128, 96, 64), num_heads=(2, 2, 4, 2, 2), depths=(1, 1, 1, 1, 1),
+                        patch_size=4, input_size=32, in_channels=3, num_classes=3, amm_blocks=(3, 4)))
+    c.data.update(dict(source="shapes", channels=3))
+    c.loss.masked_pass = True
+    c.optimizer.update(dict(name="adan", learning_rate=2e-3, weight_decay=0.0, schedule="constant"))
+    c.sample.update(dict(steps=20, num_samples=64, guidance_scale=1.0))
+    if arg == "test":
+        c.total_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 12, 16, 2, 4
+        c.model.update(dict(dims=(32, 32, 32, 32, 32), num_heads=(2, 2, 2, 2, 2)))
+    return c

@@ -1,0 +1,99 @@
+"""Config -> library objects, shared by the launchers (the only place that reads ConfigDicts)."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+from absl import flags, logging
+
+from edt_jax import data as data_lib
+from edt_jax.diffusion import DiscreteDiffusion, beta_schedule
+from edt_jax.diffusion.timestep_sampling import create_timestep_sampler
+from edt_jax.models import create_model
+from edt_jax.training import sharding
+from edt_jax.training.optimizers import create_optimizer
+from edt_jax.training.step import LossConfig
+
+DISTRIBUTED_FLAGS = ("coordinator_address", "num_processes", "process_id")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, to run as several processes")
+flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
+flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator_address)")
+flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
+
+
+def maybe_initialize_distributed() -> None:
+    """Start the multi-process runtime when the flags (or --distributed) ask for it."""
+    f = flags.FLAGS
+    if f.coordinator_address:
+        jax.distributed.initialize(f.coordinator_address, num_processes=f.num_processes, process_id=f.process_id)
+    elif f.distributed:
+        jax.distributed.initialize()
+    if jax.process_count() > 1:
+        logging.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+                     jax.local_device_count(), jax.device_count())
+
+
+def to_plain(value):
+    """ConfigDict values -> plain Python (lists become tuples, as module attributes want)."""
+    if isinstance(value, ml_collections.ConfigDict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return tuple(to_plain(v) for v in value)
+    return value
+
+
+def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    mesh = config.get("mesh", {})
+    return sharding.create_mesh(data=mesh.get("data", -1), fsdp=mesh.get("fsdp", 1), tensor=mesh.get("tensor", 1))
+
+
+def build_model(config: ml_collections.ConfigDict):
+    kwargs = to_plain(config.model)
+    return create_model(kwargs.pop("name"), **kwargs)
+
+
+def build_diffusion(config: ml_collections.ConfigDict) -> DiscreteDiffusion:
+    d = config.diffusion
+    return DiscreteDiffusion.from_betas(beta_schedule(d.get("beta_schedule", "linear"), d.get("num_timesteps", 1000)))
+
+
+def build_timestep_sampler(config: ml_collections.ConfigDict):
+    d = config.diffusion
+    return create_timestep_sampler(d.get("timestep_sampler", "uniform"), d.get("num_timesteps", 1000))
+
+
+def build_loss_config(config: ml_collections.ConfigDict, model) -> LossConfig:
+    loss = to_plain(config.get("loss", {}))
+    return LossConfig(learn_sigma=model.learn_sigma, ema_decay=config.get("ema_decay", 0.9999), **loss)
+
+
+def build_optimizer(config: ml_collections.ConfigDict):
+    opt = to_plain(config.optimizer)
+    return create_optimizer(opt.pop("name"), opt.pop("learning_rate"), **opt)
+
+
+def build_dataset(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """(grain dataset of host batches, source) from ``config.data`` and the global ``config.batch_size``."""
+    d = to_plain(config.data)
+    data_dir = d.get("data_dir")
+    source = data_lib.create_source(d["source"], data_dir=os.path.expanduser(data_dir) if data_dir else None,
+                                    split=d.get("split", "train"))
+    host_batch = data_lib.host_batch_size(config.batch_size, mesh=mesh)
+    dataset = data_lib.create_dataset(source, host_batch, seed=config.seed, image_size=d.get("image_size"),
+                                      channels=d.get("channels"), label_key=d.get("label_key", "label"),
+                                      latent_scale=d.get("latent_scale", 1.0),
+                                      random_flip=d.get("random_flip", False), num_workers=d.get("num_workers", 0),
+                                      num_threads=d.get("num_threads"))
+    return dataset, source
+
+
+
+def check_batch_matches_model(batch: dict, model) -> None:
+    """One-line error when the pipeline's images are not what the model takes."""
+    x = batch.get("image", batch.get("latent"))
+    expected = (model.input_size, model.input_size, model.in_channels)
+    if tuple(x.shape[1:]) != expected:
+        raise ValueError(f"the data gives {tuple(x.shape[1:])} inputs but the model takes {expected}; "
+                         f"set data.image_size / data.channels or model.input_size / model.in_channels")

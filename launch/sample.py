@@ -1,0 +1,155 @@
+"""Sample from a trained run: EMA (or raw) parameters of the newest checkpoint in --workdir.
+
+    python -m launch.sample --workdir /tmp/shapes_edt --sampler unipc --steps 20 --num_samples 64 \\
+        --output /tmp/shapes_edt/samples.png
+
+Writes a PNG grid (pixel-space models) and an ``.npz`` beside it with ``samples`` (N, H, W, C) in
+[-1, 1] and ``labels``. Latent-space models (in_channels 4) write the ``.npz`` of latents only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from PIL import Image
+
+from edt_jax import samplers
+from edt_jax.diffusion import NoiseScheduleVP
+from edt_jax.training import sharding
+from edt_jax.training.checkpoint import CONFIG_FILENAME, Checkpointer
+from edt_jax.training.train_state import abstract_train_state
+from launch import builders
+
+SAMPLERS = ("unipc", "dpm_solver", "ddim", "ddpm")
+flags.DEFINE_string("workdir", None, "training run directory (checkpoints/ and config.json)")
+flags.DEFINE_enum("sampler", None, SAMPLERS, "sampler (default: the config's sample.sampler)")
+flags.DEFINE_integer("steps", None, "sampling steps (model calls)")
+flags.DEFINE_integer("order", None, "solver order for unipc / dpm_solver")
+flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale (1 = no guidance)")
+flags.DEFINE_integer("num_samples", None, "number of images")
+flags.DEFINE_string("labels", None, "comma-separated class labels (cycled); default random")
+flags.DEFINE_bool("amm", None, "apply the Attention Modulation Matrix (EDT)")
+flags.DEFINE_bool("use_ema", None, "sample with the EMA parameters (else the raw ones)")
+flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
+flags.DEFINE_string("output", None, "PNG path (default WORKDIR/samples.png); the .npz goes beside it")
+flags.mark_flags_as_required(["workdir"])
+
+
+def _option(name: str, config: ml_collections.ConfigDict):
+    value = getattr(flags.FLAGS, name)
+    return config.sample.get(name) if value is None else value
+
+
+def load_run(workdir: Path, step: int | None):
+    """(config, model, diffusion, params dict with 'params' and 'ema_params', step) of a training run."""
+    config_path = workdir / CONFIG_FILENAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found; is {workdir} a launch.train workdir?")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    model = builders.build_model(config)
+    tx = builders.build_optimizer(config)
+    mesh = sharding.create_mesh()
+    size = model.input_size
+    example = (jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32),
+               jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32))
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
+    state, _, _ = checkpointer.restore(abstract_train_state(model, tx, example, mesh), step)
+    checkpointer.close()
+    return config, model, builders.build_diffusion(config), state, step, mesh
+
+
+def generate(model, diffusion, params, labels: np.ndarray, *, sampler: str, steps: int, order: int,
+             guidance_scale: float, amm: bool, seed: int, mesh) -> np.ndarray:
+    """(N, H, W, C) samples for ``labels`` (N,), batch sharded over the mesh's batch axes."""
+    ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
+    shape = (len(labels), model.input_size, model.input_size, model.in_channels)
+
+    @jax.jit
+    def run(params, labels, key):
+        def net(x, t_input, y):
+            return model.apply({"params": params}, x, t_input, y, train=False, amm=amm)
+
+        x_T = jax.random.normal(key, shape, jnp.float32)
+        if sampler == "ddpm":  # ADM ancestral sampling, learned-range variance, no guidance
+            return samplers.ddpm(lambda x, t: net(x, t, labels), x_T, jax.random.fold_in(key, 1), diffusion,
+                                 steps=steps, variance="learned_range" if model.learn_sigma else "fixed_small")
+        if guidance_scale != 1.0:  # one batched call on [null; labels] per step
+            model_fn = samplers.model_wrapper(net, ns, guidance_type="classifier-free", condition=labels,
+                                              unconditional_condition=jnp.full_like(labels, model.num_classes),
+                                              guidance_scale=guidance_scale, learned_sigma=model.learn_sigma)
+        else:
+            model_fn = samplers.model_wrapper(lambda x, t: net(x, t, labels), ns, learned_sigma=model.learn_sigma)
+        if sampler == "unipc":
+            return samplers.unipc(model_fn, x_T, ns, steps=steps, order=order)
+        if sampler == "dpm_solver":
+            return samplers.dpm_solver(model_fn, x_T, ns, steps=steps, order=order)
+        return samplers.ddim(model_fn, x_T, ns, steps=steps)
+
+    labels = jax.device_put(jnp.asarray(labels, jnp.int32), sharding.batch_sharding(mesh))
+    return np.asarray(run(params, labels, jax.random.key(seed)))
+
+
+def save_grid(samples: np.ndarray, path: Path) -> None:
+    """(N, H, W, C) in [-1, 1] -> a near-square PNG grid."""
+    n, h, w, c = samples.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    pixels = np.clip(np.round((samples + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    grid = np.zeros((rows * h, cols * w, c), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, cols)
+        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = pixels[i]
+    Image.fromarray(grid[..., 0] if c == 1 else grid).save(path)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    f = flags.FLAGS
+    workdir = Path(f.workdir)
+    try:
+        config, model, diffusion, state, step, mesh = load_run(workdir, f.step)
+        num = _option("num_samples", config)
+        devices = mesh.shape["data"] * mesh.shape["fsdp"]
+        padded = -(-num // devices) * devices  # the batch splits over the devices; extra samples are dropped
+        rng = np.random.default_rng(f.seed)
+        if f.labels:
+            given = np.array([int(v) for v in f.labels.split(",")])
+            if given.min() < 0 or given.max() >= model.num_classes:
+                raise ValueError(f"labels must be in [0, {model.num_classes}), got {f.labels!r}")
+            labels = np.resize(given, padded)
+        else:
+            labels = rng.integers(0, model.num_classes, padded)
+        use_ema = _option("use_ema", config)
+        samples = generate(model, diffusion, state.ema_params if use_ema else state.params, labels,
+                           sampler=_option("sampler", config), steps=_option("steps", config),
+                           order=_option("order", config), guidance_scale=_option("guidance_scale", config),
+                           amm=_option("amm", config), seed=f.seed, mesh=mesh)[:num]
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    output = Path(f.output) if f.output else workdir / "samples.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(output.with_suffix(".npz"), samples=samples, labels=labels[:num], step=step)
+    if model.in_channels in (1, 3):
+        save_grid(samples, output)
+        logging.info("wrote %s and %s (step %d, %s parameters)", output, output.with_suffix(".npz"), step,
+                     "EMA" if use_ema else "raw")
+    else:
+        logging.info("wrote latents to %s (decode them with the VAE)", output.with_suffix(".npz"))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,54 @@
+"""Train a diffusion model from a config; resumes from the newest complete checkpoint in --workdir.
+
+    python -m launch.train --config configs/shapes_edt_tiny.py --workdir /tmp/shapes_edt
+    python -m launch.train --config configs/edt_s_imagenet256.py --workdir DIR --config.batch_size=512
+
+Several processes: add --coordinator_address host:port --num_processes N --process_id i (or
+--distributed on TPU pods / SLURM, where jax.distributed.initialize() finds the cluster itself).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from edt_jax.training.loop import LoopOptions, train
+from launch import builders
+
+config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])", lock_config=True)
+flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl and the config")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str):
+    mesh = builders.build_mesh(config)
+    model = builders.build_model(config)
+    dataset, _ = builders.build_dataset(config, mesh)
+    builders.check_batch_matches_model(next(iter(dataset)), model)
+    tx = builders.build_optimizer(config)
+    options = LoopOptions(total_steps=config.total_steps, log_every_steps=config.log_every_steps,
+                          checkpoint_every_steps=config.checkpoint_every_steps,
+                          keep_checkpoints=config.get("keep_checkpoints", 3), seed=config.seed)
+    logging.info("mesh %s, %d devices, global batch %d", dict(mesh.shape), jax.device_count(), config.batch_size)
+    return train(model, tx, builders.build_diffusion(config), builders.build_loss_config(config, model), dataset,
+                 builders.build_timestep_sampler(config), mesh, workdir, options, config=config.to_dict())
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    builders.maybe_initialize_distributed()
+    try:
+        result = run(flags.FLAGS.config, flags.FLAGS.workdir)
+    except (ValueError, FileNotFoundError, ImportError) as err:  # bad configs/inputs: one line, no traceback
+        logging.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    logging.info("stopped at step %d%s", result.step, " (preempted)" if result.preempted else "")
+
+
+if __name__ == "__main__":
+    app.run(main)
