@@ -13,7 +13,7 @@ setup(
     install_requires=[
         "jax>=0.10.0",
         "flax>=0.12.0",
-        "optax>=0.2.4",
+        "optax>=0.2.5",
         "orbax-checkpoint>=0.11.0",
         "chex>=0.1.90",
         "numpy>=1.26",

@@ -23,6 +23,16 @@ flags.DEFINE_integer("process_id", None, "this process's index (with --coordinat
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
 
 
+def quiet_library_logs() -> None:
+    """Hide orbax's per-save INFO lines (dozens per checkpoint); warnings and errors still show."""
+    import logging as std_logging
+
+    def keep(record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+    logging.get_absl_handler().addFilter(keep)
+
+
 def maybe_initialize_distributed() -> None:
     """Start the multi-process runtime when the flags (or --distributed) ask for it."""
     f = flags.FLAGS

@@ -117,6 +117,7 @@ def save_grid(samples: np.ndarray, path: Path) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    builders.quiet_library_logs()
     f = flags.FLAGS
     workdir = Path(f.workdir)
     try:

@@ -40,6 +40,7 @@ def run(config, workdir: str):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    builders.quiet_library_logs()
     builders.maybe_initialize_distributed()
     try:
         result = run(flags.FLAGS.config, flags.FLAGS.workdir)
@@ -47,6 +48,10 @@ def main(argv):
         logging.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as err:  # NaN/inf loss: the last good checkpoint is kept
+        logging.error("%s", err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(3)
     logging.info("stopped at step %d%s", result.step, " (preempted)" if result.preempted else "")
 
 

@@ -161,4 +161,4 @@ def save_config(directory: str | os.PathLike, config: dict) -> None:
     # Write-then-rename so a crash mid-write never leaves a truncated config beside the checkpoints.
     tmp = directory / f"{CONFIG_FILENAME}.tmp"
     tmp.write_text(text + "\n")
-    tmp.rename(directory / CONFIG_FILENAME)
+    tmp.replace(directory / CONFIG_FILENAME)  # replace, not rename: a resumed run rewrites the config

@@ -85,7 +85,7 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, diffusio
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = ema_update(state.ema_params, params, loss_config.ema_decay)
-        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         learning_rate = learning_rate_of(opt_state)
         if learning_rate is not None:
             metrics["learning_rate"] = learning_rate

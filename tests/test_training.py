@@ -1,0 +1,176 @@
+"""The trainer: learning, sharded-step equivalence, resume after kill -9, preemption, restore on fewer devices."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import shapes_edt_tiny
+from edt_jax.training import sharding
+from edt_jax.training.checkpoint import Checkpointer
+from edt_jax.training.step import compile_train_step, make_train_step
+from edt_jax.training.train_state import abstract_train_state, create_train_state
+from launch import builders
+from launch.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = (jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32),
+           jax.ShapeDtypeStruct((1,), jnp.int32))
+
+
+def tiny_config(**overrides):
+    config = shapes_edt_tiny.get_config("test")
+    config.update(overrides)
+    return config
+
+
+def losses(workdir: Path) -> dict[int, float]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+
+
+def launch_train(workdir: Path, *overrides: str, **popen) -> subprocess.Popen:
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "launch.train", "--config", "configs/shapes_edt_tiny.py:test",
+           f"--workdir={workdir}", *overrides]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **popen)
+
+
+def test_loss_decreases(tmp_path):
+    result = run(tiny_config(total_steps=40, log_every_steps=1, checkpoint_every_steps=40), str(tmp_path))
+    curve = [r["loss"] for r in result.history]
+    assert len(curve) == 40 and np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
+
+
+def test_step_on_8_devices_equals_step_on_1():
+    config = tiny_config()
+    model, tx = builders.build_model(config), builders.build_optimizer(config)
+    step = make_train_step(model, tx, builders.build_diffusion(config), builders.build_loss_config(config, model))
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32), "label": np.arange(16) % 3,
+             "t": rng.integers(0, 1000, 16).astype(np.int32), "t_weight": np.ones(16, np.float32)}
+    results = []
+    for mesh in (sharding.create_mesh(data=4, fsdp=2), sharding.create_mesh(devices=jax.devices()[:1])):
+        state, shardings = create_train_state(model, tx, jax.random.key(0), EXAMPLE, mesh)
+        fn = compile_train_step(step, shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
+        new_state, metrics = fn(state, jax.device_put(batch, sharding.batch_sharding(mesh)), jax.random.key(1))
+        results.append((float(metrics["loss"]), jax.device_get(new_state.params)))
+    (loss8, params8), (loss1, params1) = results
+    assert loss8 == pytest.approx(loss1, rel=1e-5)
+    for a, b in zip(jax.tree.leaves(params8), jax.tree.leaves(params1), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run(tiny_config(total_steps=40, log_every_steps=1, checkpoint_every_steps=10), str(workdir))
+    return workdir, result
+
+
+def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (workdir / "metrics.jsonl").exists() and max(losses(workdir), default=0) >= step:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early:\n{proc.stdout.read().decode()[-3000:]}")
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def test_kill_9_then_resume_continues_exactly(uninterrupted, tmp_path):
+    reference_dir, _ = uninterrupted
+    flags = ["--config.total_steps=40", "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
+    proc = launch_train(tmp_path, *flags)
+    wait_for_step(proc, tmp_path, 12)
+    deadline = time.time() + 120  # the step-10 checkpoint is written asynchronously; kill once it is complete
+    while Checkpointer(tmp_path / "checkpoints").latest_step() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert Checkpointer(tmp_path / "checkpoints").latest_step() in (10, 20, 30)
+    resumed = launch_train(tmp_path, *flags)
+    output = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, output[-3000:]
+    got, want = losses(tmp_path), losses(reference_dir)
+    assert sorted(got) == list(range(1, 41))
+    np.testing.assert_allclose([got[s] for s in range(1, 41)], [want[s] for s in range(1, 41)], rtol=2e-5)
+
+
+def test_checkpoint_from_8_devices_restores_onto_2(uninterrupted):
+    workdir, result = uninterrupted
+    config = tiny_config()
+    model, tx = builders.build_model(config), builders.build_optimizer(config)
+    mesh = sharding.create_mesh(data=1, fsdp=2, devices=jax.devices()[:2])
+    state, _, extra = Checkpointer(workdir / "checkpoints").restore(abstract_train_state(model, tx, EXAMPLE, mesh))
+    assert int(state.step) == 40 and extra is not None
+    kernel = state.params["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert kernel.sharding.mesh.devices.size == 2
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(result.state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sigterm_saves_the_current_step(tmp_path):
+    proc = launch_train(tmp_path, "--config.total_steps=100000", "--config.log_every_steps=1",
+                        "--config.checkpoint_every_steps=100000")
+    wait_for_step(proc, tmp_path, 3)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, output[-3000:]
+    saved = Checkpointer(tmp_path / "checkpoints").latest_step()
+    assert saved is not None and saved >= 3 and saved == max(losses(tmp_path))
+
+
+def test_nan_loss_stops_naming_the_step(tmp_path):
+    config = tiny_config(total_steps=20, log_every_steps=1)
+    config.optimizer.update(dict(name="sgd", learning_rate=1e30))
+    with pytest.raises(FloatingPointError, match=r"loss is (nan|inf) at step \d+"):
+        run(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model=dict(name="EDT-Q/2")), "unknown model name 'EDT-Q/2'"),
+    (dict(batch_size=12), "batch_size 12 is not divisible by the 8 devices"),
+    (dict(data=dict(source="folder:/no/such/images")), "/no/such/images"),
+])
+def test_bad_configs_fail_in_one_line(tmp_path, overrides, message):
+    config = tiny_config()
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            config[key].update(value)
+        else:
+            config[key] = value
+    with pytest.raises((ValueError, FileNotFoundError), match=message) as info:
+        run(config, str(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_two_processes_train_and_write_one_checkpoint(tmp_path):
+    """jax.distributed over 127.0.0.1 with gloo CPU collectives: 2 processes x 2 devices, one shared workdir."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-m", "launch.train", "--config", "configs/shapes_edt_tiny.py:test",
+                               f"--workdir={tmp_path}", "--config.total_steps=4", "--config.checkpoint_every_steps=4",
+                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "process 0 of 2, 2 local / 4 global devices" in outputs[0]
+    assert Checkpointer(tmp_path / "checkpoints").all_steps() == [4]
+    assert sorted(losses(tmp_path)) == [2, 4]  # one metrics writer
