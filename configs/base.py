@@ -15,6 +15,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.ema_decay = 0.9999
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Logical axis -> mesh axis pairs; empty = edt_jax.training.sharding.LOGICAL_RULES (FSDP on "embed").
+    c.sharding_rules = ()
 
     c.model = ml_collections.ConfigDict(dict(name="EDT-S/2", input_size=32, in_channels=4, num_classes=1000,
                                              dtype="float32"))

@@ -59,6 +59,12 @@ def build_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     return sharding.create_mesh(data=mesh.get("data", -1), fsdp=mesh.get("fsdp", 1), tensor=mesh.get("tensor", 1))
 
 
+def build_sharding_rules(config: ml_collections.ConfigDict) -> tuple:
+    """``config.sharding_rules`` (pairs of logical axis -> mesh axis or None), else the library defaults."""
+    rules = config.get("sharding_rules")
+    return sharding.LOGICAL_RULES if not rules else tuple((name, to_plain(axis)) for name, axis in rules)
+
+
 def build_model(config: ml_collections.ConfigDict):
     kwargs = to_plain(config.model)
     return create_model(kwargs.pop("name"), **kwargs)

@@ -34,7 +34,8 @@ def run(config, workdir: str):
                           keep_checkpoints=config.get("keep_checkpoints", 3), seed=config.seed)
     logging.info("mesh %s, %d devices, global batch %d", dict(mesh.shape), jax.device_count(), config.batch_size)
     return train(model, tx, builders.build_diffusion(config), builders.build_loss_config(config, model), dataset,
-                 builders.build_timestep_sampler(config), mesh, workdir, options, config=config.to_dict())
+                 builders.build_timestep_sampler(config), mesh, workdir, options, config=config.to_dict(),
+                 rules=builders.build_sharding_rules(config))
 
 
 def main(argv):

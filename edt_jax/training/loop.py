@@ -62,11 +62,12 @@ class _StopFlag:
 
 def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion, loss_config: LossConfig,
           dataset: grain.IterDataset, timestep_sampler, mesh: Mesh, workdir: str | Path, options: LoopOptions,
-          *, config: dict | None = None) -> TrainResult:
+          *, config: dict | None = None, rules=sharding_lib.LOGICAL_RULES) -> TrainResult:
     """Train until ``options.total_steps``, resuming from the newest complete checkpoint in ``workdir``.
 
     ``dataset`` yields host batches ({"image" or "latent", "label"}); ``timestep_sampler`` draws the
-    timesteps on the host (``edt_jax.diffusion.timestep_sampling``). Raises ``FloatingPointError``
+    timesteps on the host (``edt_jax.diffusion.timestep_sampling``); ``rules`` map the parameters'
+    logical axes onto the mesh. Raises ``FloatingPointError``
     naming the step when the loss becomes NaN or inf (the last good checkpoint is kept).
     """
     workdir = Path(workdir)
@@ -81,10 +82,10 @@ def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion,
     iterator = iter(dataset)
     start = checkpointer.latest_step()
     if start is None:
-        state, shardings = create_train_state(model, tx, jax.random.key(options.seed), example, mesh)
+        state, shardings = create_train_state(model, tx, jax.random.key(options.seed), example, mesh, rules)
         start = 0
     else:
-        abstract = abstract_train_state(model, tx, example, mesh)
+        abstract = abstract_train_state(model, tx, example, mesh, rules)
         shardings = jax.tree.map(lambda s: s.sharding, abstract)
         state, data_state, extra = checkpointer.restore(abstract, start)
         if data_state is not None:
