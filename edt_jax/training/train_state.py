@@ -46,8 +46,7 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
     ``example`` holds the model's call arguments (e.g. (x, t, y)) as arrays or ShapeDtypeStructs of a
     small batch; only their shapes matter.
     """
-    abstract = jax.eval_shape(lambda k: init_state(model, tx, k, example), key)
-    shardings = sharding_lib.variable_shardings(abstract, mesh, rules)
+    _, shardings = _abstract_and_shardings(model, tx, example, mesh, rules)
 
     def init_unboxed(k):
         return nn.meta.unbox(init_state(model, tx, k, example))
@@ -59,7 +58,12 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, mesh: Mesh,
                          rules=sharding_lib.LOGICAL_RULES) -> Any:
     """ShapeDtypeStructs (with target shardings) of the unboxed state: what a checkpoint restores into."""
-    abstract = jax.eval_shape(lambda k: init_state(model, tx, k, example), jax.random.key(0))
-    shardings = sharding_lib.variable_shardings(abstract, mesh, rules)
+    abstract, shardings = _abstract_and_shardings(model, tx, example, mesh, rules)
     return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
                         nn.meta.unbox(abstract), shardings)
+
+
+def _abstract_and_shardings(model, tx, example, mesh, rules) -> tuple[Any, Any]:
+    """The boxed abstract state (traced, nothing allocated) and its NamedShardings from the logical names."""
+    abstract = jax.eval_shape(lambda k: init_state(model, tx, k, example), jax.random.key(0))
+    return abstract, sharding_lib.variable_shardings(abstract, mesh, rules)
