@@ -205,7 +205,7 @@ class DiscreteDiffusion:
 
 
 # --------------------------------------------------------------------------------- jnp helpers
-def _extract(table: np.ndarray, t: jax.Array, x: jax.Array) -> jax.Array:
+def extract(table: np.ndarray, t: jax.Array, x: jax.Array) -> jax.Array:
     """table[t] cast to x's (floating) dtype and shaped (B, 1, ..., 1) to broadcast against x (B, ...)."""
     t = jnp.asarray(t)
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
@@ -218,27 +218,27 @@ def _extract(table: np.ndarray, t: jax.Array, x: jax.Array) -> jax.Array:
 
 def q_sample(diffusion: DiscreteDiffusion, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
     """Sample x_t ~ q(x_t | x_0) = sqrt(acp_t) x0 + sqrt(1 - acp_t) noise; x0, noise (B, ...), t (B,)."""
-    return (_extract(diffusion.sqrt_alphas_cumprod, t, x0) * x0
-            + _extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
+    return (extract(diffusion.sqrt_alphas_cumprod, t, x0) * x0
+            + extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
 
 def q_posterior_mean_variance(diffusion: DiscreteDiffusion, x0: jax.Array, xt: jax.Array,
                               t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0), each (B, ...) like xt."""
-    mean = (_extract(diffusion.posterior_mean_coef1, t, xt) * x0
-            + _extract(diffusion.posterior_mean_coef2, t, xt) * xt)
-    variance = jnp.broadcast_to(_extract(diffusion.posterior_variance, t, xt), xt.shape)
-    log_variance = jnp.broadcast_to(_extract(diffusion.posterior_log_variance_clipped, t, xt), xt.shape)
+    mean = (extract(diffusion.posterior_mean_coef1, t, xt) * x0
+            + extract(diffusion.posterior_mean_coef2, t, xt) * xt)
+    variance = jnp.broadcast_to(extract(diffusion.posterior_variance, t, xt), xt.shape)
+    log_variance = jnp.broadcast_to(extract(diffusion.posterior_log_variance_clipped, t, xt), xt.shape)
     return mean, variance, log_variance
 
 
 def predict_x0_from_eps(diffusion: DiscreteDiffusion, xt: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
     """x0 = sqrt(1 / acp_t) x_t - sqrt(1 / acp_t - 1) eps; xt, eps (B, ...), t (B,)."""
-    return (_extract(diffusion.sqrt_recip_alphas_cumprod, t, xt) * xt
-            - _extract(diffusion.sqrt_recipm1_alphas_cumprod, t, xt) * eps)
+    return (extract(diffusion.sqrt_recip_alphas_cumprod, t, xt) * xt
+            - extract(diffusion.sqrt_recipm1_alphas_cumprod, t, xt) * eps)
 
 
 def predict_eps_from_x0(diffusion: DiscreteDiffusion, xt: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
     """eps = (sqrt(1 / acp_t) x_t - x0) / sqrt(1 / acp_t - 1); xt, x0 (B, ...), t (B,)."""
-    return ((_extract(diffusion.sqrt_recip_alphas_cumprod, t, xt) * xt - x0)
-            / _extract(diffusion.sqrt_recipm1_alphas_cumprod, t, xt))
+    return ((extract(diffusion.sqrt_recip_alphas_cumprod, t, xt) * xt - x0)
+            / extract(diffusion.sqrt_recipm1_alphas_cumprod, t, xt))

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edt_jax.checks import check_choice
-from edt_jax.diffusion.ddpm import DiscreteDiffusion, _extract, q_posterior_mean_variance, q_sample
+from edt_jax.diffusion.ddpm import DiscreteDiffusion, extract, q_posterior_mean_variance, q_sample
 
 PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = ("min_snr", "none")
@@ -101,10 +101,10 @@ def _x0_from_prediction(diffusion: DiscreteDiffusion, prediction: str, x_t: jax.
         return pred
     if prediction == "v":
         # x_t = a x0 + s eps and v = a eps - s x0 with a^2 + s^2 = 1  =>  x0 = a x_t - s v.
-        return (_extract(diffusion.sqrt_alphas_cumprod, t, x_t) * x_t
-                - _extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t) * pred)
-    return (_extract(diffusion.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - _extract(diffusion.sqrt_recipm1_alphas_cumprod, t, x_t) * pred)
+        return (extract(diffusion.sqrt_alphas_cumprod, t, x_t) * x_t
+                - extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t) * pred)
+    return (extract(diffusion.sqrt_recip_alphas_cumprod, t, x_t) * x_t
+            - extract(diffusion.sqrt_recipm1_alphas_cumprod, t, x_t) * pred)
 
 
 def _vb_terms_bpd(diffusion: DiscreteDiffusion, prediction: str, x_start: jax.Array, x_t: jax.Array,
@@ -114,8 +114,8 @@ def _vb_terms_bpd(diffusion: DiscreteDiffusion, prediction: str, x_start: jax.Ar
     x0_pred = _x0_from_prediction(diffusion, prediction, x_t, t, pred)
     model_mean, _, _ = q_posterior_mean_variance(diffusion, x0_pred, x_t, t)
     # var_values in [-1, 1] interpolate the log variance between the posterior's and beta_t.
-    min_log = _extract(diffusion.posterior_log_variance_clipped, t, x_t)
-    max_log = _extract(np.log(diffusion.betas), t, x_t)
+    min_log = extract(diffusion.posterior_log_variance_clipped, t, x_t)
+    max_log = extract(np.log(diffusion.betas), t, x_t)
     frac = (var_values + 1.0) / 2.0
     model_log_var = frac * max_log + (1.0 - frac) * min_log
     kl = _mean_flat(normal_kl(true_mean, true_log_var, model_mean, model_log_var)) / math.log(2.0)
@@ -186,8 +186,8 @@ def training_losses(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_sta
     elif prediction == "x0":
         target = x_start
     else:
-        target = (_extract(diffusion.sqrt_alphas_cumprod, t, x_start) * noise
-                  - _extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start)
+        target = (extract(diffusion.sqrt_alphas_cumprod, t, x_start) * noise
+                  - extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start)
     mse = jnp.asarray(weights, dtype=jnp.float32)[t] * _mean_flat(jnp.square(target - pred))
 
     if learn_sigma:
