@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -40,3 +41,12 @@ def time_call(fn: Callable, args: tuple, repeats: int) -> tuple[float, list[floa
         jax.block_until_ready(compiled(*args))
         runs.append(time.perf_counter() - t0)
     return compile_s, runs
+
+
+def write_results(out_dir: str | Path, stem: str, report: str, payload) -> Path:
+    """Write ``<stem>.md`` (the printed report) and ``<stem>.json`` (the raw numbers) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(report)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
+    return out / f"{stem}.md"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_utils import machine_info, md_table
+from bench_utils import machine_info, md_table, write_results
 from PIL import Image
 
 from edt_jax.data.pipeline import create_dataset
@@ -95,10 +94,7 @@ def main() -> None:
               f"{args.image_size}x{args.image_size} float32 in [-1, 1], random flips, shuffled\n"
               f"- total runtime: {time.perf_counter() - start:.0f} s\n\n{table}\n")
     print(report)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "data_cpu.md").write_text(report)
-    (out / "data_cpu.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
+    write_results(args.out_dir, "data_cpu", report, {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

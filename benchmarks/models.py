@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_utils import machine_info, md_table, time_call
+from bench_utils import machine_info, md_table, time_call, write_results
 
 from edt_jax.models import count_macs, create_model
 from edt_jax.models.convert import abstract_params
@@ -119,11 +117,7 @@ def main() -> None:
               f"{f'{peak:g} TFLOP/s' if peak else 'unknown (pass --peak_tflops)'}; training counts 3x forward\n"
               f"- total runtime: {elapsed:.0f} s\n\n{table}\n")
     print(report)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"models_{backend}.md").write_text(report)
-    (out / f"models_{backend}.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
-    print(f"wrote {out / f'models_{backend}.md'}")
+    print(f"wrote {write_results(args.out_dir, f'models_{backend}', report, {'args': vars(args), 'results': results})}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import statistics
 import sys
@@ -24,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_utils import machine_info, md_table, time_call
+from bench_utils import machine_info, md_table, time_call, write_results
 
 from edt_jax import samplers
 from edt_jax.diffusion.analytic import GaussianMixture
@@ -200,13 +199,9 @@ def main() -> None:
               f"- precision: float64 for (a), float32 for (b)\n- total runtime: {elapsed:.0f} s\n")
     report = "\n\n".join([header] + [text for text, _ in errors.values()] + [timing_text]) + "\n"
     print(report)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     suffix = "_quick" if args.quick else ""
-    (out / f"samplers_{backend}{suffix}.md").write_text(report)
     summary = {"errors": {k: v for k, (_, v) in errors.items()}, "timing": timing_json, "runtime_s": elapsed}
-    (out / f"samplers_{backend}{suffix}.json").write_text(json.dumps(summary, indent=1))
-    print(f"wrote {out / f'samplers_{backend}{suffix}.md'}")
+    print(f"wrote {write_results(args.out_dir, f'samplers_{backend}{suffix}', report, summary)}")
 
 
 if __name__ == "__main__":

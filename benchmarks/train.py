@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shlex
 import statistics
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from bench_utils import machine_info, md_table
+from bench_utils import machine_info, md_table, write_results
 from models import device_peak_tflops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ and launch/ live at the repo root
@@ -116,10 +115,7 @@ def main() -> None:
               f"synthetic data; step = losses + grads + optimizer + EMA\n"
               f"- total runtime: {time.perf_counter() - start:.0f} s\n\n{table}\n")
     print(report)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"train_{jax.default_backend()}.md").write_text(report)
-    (out / f"train_{jax.default_backend()}.json").write_text(json.dumps(results, indent=1))
+    write_results(args.out_dir, f"train_{jax.default_backend()}", report, results)
 
 
 if __name__ == "__main__":
