@@ -158,7 +158,7 @@ def test_bad_configs_fail_in_one_line(tmp_path, overrides, message):
     assert "\n" not in str(info.value)
 
 
-def test_two_processes_train_and_write_one_checkpoint(tmp_path):
+def launch_two_processes(workdir: Path, *overrides: str) -> list[subprocess.Popen]:
     """jax.distributed over 127.0.0.1 with gloo CPU collectives: 2 processes x 2 devices, one shared workdir."""
     import socket
 
@@ -166,13 +166,32 @@ def test_two_processes_train_and_write_one_checkpoint(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-m", "launch.train", "--config", "configs/shapes_edt_tiny.py:test",
-                               f"--workdir={tmp_path}", "--config.total_steps=4", "--config.checkpoint_every_steps=4",
-                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+    return [subprocess.Popen([sys.executable, "-m", "launch.train", "--config", "configs/shapes_edt_tiny.py:test",
+                              f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                              f"--process_id={i}", *overrides],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
+
+
+def test_two_processes_train_and_write_one_checkpoint(tmp_path):
+    procs = launch_two_processes(tmp_path, "--config.total_steps=4", "--config.checkpoint_every_steps=4")
     outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
     assert "process 0 of 2, 2 local / 4 global devices" in outputs[0]
     assert Checkpointer(tmp_path / "checkpoints").all_steps() == [4]
     assert sorted(losses(tmp_path)) == [2, 4]  # one metrics writer
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step(tmp_path):
+    """A scheduler may signal one host only: both must save the same step and exit, none may hang."""
+    procs = launch_two_processes(tmp_path, "--config.total_steps=100000", "--config.log_every_steps=1",
+                                 "--config.checkpoint_every_steps=100000", "--config.loss.masked_pass=False")
+    wait_for_step(procs[0], tmp_path, 3)
+    procs[1].send_signal(signal.SIGTERM)
+    outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    saved = Checkpointer(tmp_path / "checkpoints").latest_step()
+    assert saved is not None and saved >= 3 and saved == max(losses(tmp_path))
+    assert f"received signal {int(signal.SIGTERM)}: saving step {saved} and stopping" in outputs[1]
+    assert f"another process was signalled: saving step {saved} and stopping" in outputs[0]

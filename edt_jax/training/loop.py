@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from edt_jax.data.pipeline import to_global
@@ -58,6 +59,19 @@ class _StopFlag:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def agreed(self) -> bool:
+        """Whether any process was signalled; every process must call this at the same steps.
+
+        A scheduler may signal only some hosts of a job (or signal them at slightly different
+        times). Stopping is collective: the final save and every later step involve all processes,
+        so a host that stopped alone would leave the others blocked in a collective. One tiny
+        all-gather per step makes every host stop after the same step.
+        """
+        requested = self.signal is not None
+        if jax.process_count() == 1:
+            return requested
+        return bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
 
 
 def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion, loss_config: LossConfig,
@@ -108,6 +122,7 @@ def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion,
 
     writer.start(start)
     step = start
+    stopping = False
     with _StopFlag() as stop:
         while step < options.total_steps:
             batch = next(iterator)
@@ -123,7 +138,8 @@ def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion,
                                                           np.asarray(metrics["per_sample_loss"]))
             log_now = step % options.log_every_steps == 0 or step == options.total_steps
             save_now = step % options.checkpoint_every_steps == 0 or step == options.total_steps
-            if log_now or save_now or stop.signal is not None:
+            stopping = stop.agreed()
+            if log_now or save_now or stopping:
                 scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
                 if not math.isfinite(scalars["loss"]):
                     checkpointer.wait()
@@ -133,13 +149,14 @@ def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion,
                     history.append(writer.write(step, scalars))
             if save_now:
                 save(step)
-            if stop.signal is not None:
-                logging.warning("received signal %d: saving step %d and stopping", stop.signal, step)
+            if stopping:
+                cause = f"received signal {stop.signal}" if stop.signal is not None else "another process was signalled"
+                logging.warning("%s: saving step %d and stopping", cause, step)
                 save(step, force=True)
                 break
     checkpointer.wait()
     checkpointer.close()
-    return TrainResult(state=state, step=step, history=history, preempted=stop.signal is not None)
+    return TrainResult(state=state, step=step, history=history, preempted=stopping)
 
 
 @dataclasses.dataclass
