@@ -1,0 +1,125 @@
+"""diffusers ``AutoencoderKL`` state dicts -> Flax params of ``edt_jax.models.vae.AutoencoderKL``.
+
+The mapping is derived from the Flax parameter tree: every parameter is looked up under its diffusers
+name (``encoder/mid_block/attentions_0/to_out_0/kernel`` -> ``encoder.mid_block.attentions.0.to_out.0.weight``,
+GroupNorm ``scale`` -> ``weight``) and checked for shape; missing, mis-shaped and unexpected tensors are
+all reported in one error. Layouts: Linear (out, in) -> (in, out); conv (out, in, kh, kw) -> (kh, kw, in, out).
+
+Older checkpoints (diffusers < 0.14, e.g. the original upload of ``stabilityai/sd-vae-ft-mse``) name the
+attention projections ``query`` / ``key`` / ``value`` / ``proj_attn``, and some conversions store them
+as 1x1 convolutions (out, in, 1, 1); both are accepted.
+
+This module does not import ``vae.py`` (which re-exports it), so either can be imported first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from edt_jax.models.convert import _official_shape, _to_flax_layout, load_state_dict
+
+# Current diffusers name -> the name older checkpoints use for the same tensor.
+OLD_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+
+# Files of a diffusers VAE folder, in order of preference.
+WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+
+_SHOWN = 5  # names listed per kind of mismatch in an error message
+
+
+def diffusers_name(path: tuple[str, ...]) -> str:
+    """('decoder', 'up_blocks_1', 'resnets_0', 'norm1', 'scale') -> 'decoder.up_blocks.1.resnets.0.norm1.weight'."""
+    parts = [re.sub(r"_(\d+)$", r".\1", part) for part in path[:-1]]
+    parts.append("weight" if path[-1] in ("kernel", "scale") else path[-1])
+    return ".".join(parts)
+
+
+def _old_name(name: str) -> str | None:
+    for new, old in OLD_ATTENTION_NAMES.items():
+        if f".{new}." in name:
+            return name.replace(f".{new}.", f".{old}.")
+    return None
+
+
+def abstract_vae_params(vae: nn.Module) -> dict:
+    """Shape/dtype structs of the VAE's params, without allocating them (works for the full SD VAE)."""
+    side = 2 ** (len(vae.block_out_channels) - 1)  # the smallest image the encoder accepts
+    x = jax.ShapeDtypeStruct((1, side, side, vae.in_channels), jnp.float32)
+    return nn.meta.unbox(jax.eval_shape(vae.init, jax.random.key(0), x)["params"])
+
+
+def vae_params_from_torch(state_dict: Mapping[str, np.ndarray], vae: nn.Module) -> dict:
+    """Flax ``params`` for ``vae`` (from ``create_vae``) from a diffusers ``AutoencoderKL`` state dict.
+
+    Args:
+      state_dict: diffusers name -> array (numpy, or anything ``np.asarray`` accepts, e.g. CPU torch
+        tensors); a ``module.`` prefix is stripped.
+      vae: the Flax module whose parameters to fill; its configuration must match the checkpoint's.
+
+    Returns the nested params dict in the module's ``param_dtype``. Raises one one-line ``ValueError``
+    naming the missing, mis-shaped and unexpected tensors.
+    """
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    params, used, missing, misshaped = {}, set(), [], []
+    for path, leaf in traverse_util.flatten_dict(abstract_vae_params(vae)).items():
+        name = diffusers_name(path)
+        key = name if name in state else _old_name(name)
+        if key not in state:
+            missing.append(name)
+            continue
+        used.add(key)
+        raw = np.asarray(state[key])
+        array = raw
+        if path[-1] == "kernel" and len(leaf.shape) == 2 and raw.ndim == 4 and raw.shape[2:] == (1, 1):
+            array = raw[:, :, 0, 0]  # attention projection stored as a 1x1 conv
+        array = _to_flax_layout(array, path[-1])
+        if array.shape != tuple(leaf.shape):
+            misshaped.append(f"{key} {tuple(raw.shape)} (needs {_official_shape(leaf.shape, path[-1])})")
+            continue
+        params[path] = jnp.asarray(array, dtype=leaf.dtype)
+    unexpected = sorted(k for k in state if k not in used)
+    if missing or misshaped or unexpected:
+        problems = [_listing(label, names) for label, names in
+                    (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)) if names]
+        raise ValueError(f"VAE state dict does not fit block_out_channels={tuple(vae.block_out_channels)}, "
+                         f"layers_per_block={vae.layers_per_block}, norm_num_groups={vae.norm_num_groups}, "
+                         f"latent_channels={vae.latent_channels}: " + "; ".join(problems))
+    return traverse_util.unflatten_dict(params)
+
+
+def _listing(label: str, names: list[str]) -> str:
+    more = f", ... ({len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
+    return f"{len(names)} {label}: " + ", ".join(names[:_SHOWN]) + more
+
+
+def find_vae_weights(path: str | Path) -> Path:
+    """The weights file of a diffusers VAE: ``path`` itself, or the first of ``WEIGHT_FILES`` in the folder
+    ``path`` (or in its ``vae/`` subfolder, as in a full Stable Diffusion pipeline folder).
+
+    Raises a one-line ``FileNotFoundError`` saying what is expected and where the public weights live.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    for folder in (path, path / "vae"):
+        for name in WEIGHT_FILES:
+            if (folder / name).is_file():
+                return folder / name
+    raise FileNotFoundError(
+        f"no VAE weights at {str(path)!r}: expected a diffusers VAE folder holding {WEIGHT_FILES[0]} "
+        f"(or {WEIGHT_FILES[1]}, which needs the torch extra), or the path of such a file; download "
+        f"stabilityai/sd-vae-ft-ema or stabilityai/sd-vae-ft-mse from Hugging Face yourself "
+        f"(nothing is fetched at run time)")
+
+
+def load_vae_weights(path: str | Path, vae: nn.Module) -> dict:
+    """Flax ``params`` for ``vae`` from a diffusers VAE folder or weights file (.safetensors, .bin, .npz)."""
+    return vae_params_from_torch(load_state_dict(find_vae_weights(path)), vae)
