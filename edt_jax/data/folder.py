@@ -248,6 +248,13 @@ def build_image_folder_dataset(image_dir: str | os.PathLike, data_dir: str | os.
     return _write(name, data_dir, split, tfds.features.FeaturesDict(features), examples(), description, fingerprint)
 
 
+def latent_features(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, tfds.features.Tensor]:
+    """float32 tensor features stored as raw bytes: exact, and much faster to (de)serialise than a proto
+    float_list for the 4k+ values of a latent."""
+    return {key: tfds.features.Tensor(shape=tuple(shape), dtype=np.float32, encoding=tfds.features.Encoding.BYTES)
+            for key, shape in shapes.items()}
+
+
 def build_latent_dataset(latents: np.ndarray, labels: np.ndarray | None, data_dir: str | os.PathLike, name: str,
                          *, split: str = "train", overwrite: bool = False) -> str:
     """Writes latents (and optional integer labels) as an ArrayRecord TFDS dataset and returns its name.
@@ -271,10 +278,7 @@ def build_latent_dataset(latents: np.ndarray, labels: np.ndarray | None, data_di
         raise ValueError(f"latents must be a numeric array, got {type(latents).__name__}: {err}") from err
     if latents.ndim < 2 or len(latents) == 0:
         raise ValueError(f"latents must have shape (N, ...) with N > 0, got {latents.shape}")
-    features = {
-        # Raw bytes: exact, and much faster to (de)serialise than a proto float_list for 4k+ values per record.
-        "latent": tfds.features.Tensor(shape=latents.shape[1:], dtype=np.float32, encoding=tfds.features.Encoding.BYTES)
-    }
+    features = latent_features({"latent": latents.shape[1:]})
     if labels is not None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) != len(latents):

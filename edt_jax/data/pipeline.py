@@ -19,7 +19,7 @@ from absl import flags
 from jax.sharding import Mesh
 
 from edt_jax.checks import check_int
-from edt_jax.data.preprocess import Preprocess, random_horizontal_flip
+from edt_jax.data.preprocess import Preprocess, random_horizontal_flip, sample_latent
 from edt_jax.training.sharding import BATCH_AXES, batch_sharding
 
 
@@ -76,6 +76,8 @@ def create_dataset(source: Sequence, batch_size: int, *, seed: int = 0, shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
     ds = ds.map(Preprocess(image_size, channels, label_key, latent_scale))
+    if "latent_mean" in source[0]:  # a cache of VAE posteriors: a fresh latent sample per record and epoch
+        ds = ds.random_map(sample_latent)
     if random_flip:
         ds = ds.random_map(random_horizontal_flip)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)

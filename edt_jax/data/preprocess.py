@@ -1,8 +1,9 @@
 """Per-record preprocessing: ADM centre crop, horizontal flip, scaling to [-1, 1].
 
 Records are dicts of numpy arrays as sources return them: ``image`` uint8 (H, W, C) for pixel
-datasets or ``latent`` float (h, w, c) for precomputed latents, plus an optional integer label.
-Outputs are dicts with float32 ``image`` (or ``latent``) and int32 ``label``.
+datasets or ``latent`` float (h, w, c) for precomputed latents (or the posterior's ``latent_mean`` and
+``latent_std``, from which ``sample_latent`` draws a fresh latent every epoch), plus an optional integer
+label. Outputs are dicts with float32 ``image`` (or ``latent``) and int32 ``label``.
 """
 
 from __future__ import annotations
@@ -54,8 +55,9 @@ class Preprocess:
         label = record.get(self.label_key, 0) if self.label_key else 0
         out = {"label": np.asarray(label, np.int32)}
         out.update({k: np.asarray(record[k]) for k in self.keep_keys if k in record})
-        if "latent" in record:
-            out["latent"] = np.asarray(record["latent"], np.float32) * np.float32(self.latent_scale)
+        latent_keys = [k for k in ("latent", "latent_mean", "latent_std") if k in record]
+        if latent_keys:
+            out.update({k: np.asarray(record[k], np.float32) * np.float32(self.latent_scale) for k in latent_keys})
             return out
         image = np.asarray(record["image"])
         if image.ndim == 2:
@@ -73,4 +75,14 @@ def random_horizontal_flip(record: dict, rng: np.random.Generator) -> dict:
     key = "image" if "image" in record else "latent"
     if rng.random() < 0.5:
         record = {**record, key: np.ascontiguousarray(record[key][:, ::-1])}
+    return record
+
+
+def sample_latent(record: dict, rng: np.random.Generator) -> dict:
+    """Records that store the VAE posterior (``latent_mean``, ``latent_std``) -> one ``latent`` sample of it."""
+    if "latent_mean" not in record:
+        return record
+    record = dict(record)
+    mean, std = record.pop("latent_mean"), record.pop("latent_std")
+    record["latent"] = (mean + std * rng.standard_normal(mean.shape)).astype(np.float32)
     return record
