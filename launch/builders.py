@@ -7,11 +7,13 @@ import os
 import jax
 import ml_collections
 from absl import flags, logging
+from ml_collections import config_flags
 
 from edt_jax import data as data_lib
 from edt_jax.diffusion import DiscreteDiffusion, beta_schedule
 from edt_jax.diffusion.timestep_sampling import create_timestep_sampler
 from edt_jax.models import create_model
+from edt_jax.models.vae import SD_VAE_SCALE, create_vae, load_vae_weights
 from edt_jax.training import sharding
 from edt_jax.training.optimizers import create_optimizer
 from edt_jax.training.step import LossConfig
@@ -21,6 +23,14 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0, to run
 flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")
 flags.DEFINE_integer("process_id", None, "this process's index (with --coordinator_address)")
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
+
+
+def define_config_flag() -> None:
+    """``--config configs/<file>.py[:arg]`` (with ``--config.key=value`` overrides), defined once even when
+    several launchers are imported into one process (as the tests do)."""
+    if "config" not in flags.FLAGS:
+        config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])",
+                                        lock_config=True)
 
 
 def quiet_library_logs() -> None:
@@ -113,3 +123,16 @@ def check_batch_matches_model(batch: dict, model) -> None:
     if tuple(x.shape[1:]) != expected:
         raise ValueError(f"the data gives {tuple(x.shape[1:])} inputs but the model takes {expected}; "
                          f"set data.image_size / data.channels or model.input_size / model.in_channels")
+
+
+def build_vae(config: ml_collections.ConfigDict, path: str | None = None):
+    """(VAE, its Flax params, latent scale) from ``config.vae`` and the weights at ``path`` (default
+    ``config.vae.path``); ``None`` when neither names a path (pixel-space runs)."""
+    settings = to_plain(config.get("vae", {}))
+    path = path or settings.get("path")
+    if not path:
+        return None
+    scale = float(settings.pop("scale", SD_VAE_SCALE))
+    settings.pop("path", None)
+    vae = create_vae(**settings)
+    return vae, load_vae_weights(os.path.expanduser(path), vae), scale

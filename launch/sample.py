@@ -3,8 +3,9 @@
     python -m launch.sample --workdir /tmp/shapes_edt --sampler unipc --steps 20 --num_samples 64 \\
         --output /tmp/shapes_edt/samples.png
 
-Writes a PNG grid (pixel-space models) and an ``.npz`` beside it with ``samples`` (N, H, W, C) in
-[-1, 1] and ``labels``. Latent-space models (in_channels 4) write the ``.npz`` of latents only.
+Writes a PNG grid and an ``.npz`` beside it with ``samples`` (N, H, W, C) in [-1, 1] and ``labels``.
+Latent-space models (in_channels 4) decode their latents with the VAE of the run's config
+(``vae.path``, or ``--vae``) and also store the ``latents``; without a VAE they write the latents only.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ flags.DEFINE_bool("amm", None, "apply the Attention Modulation Matrix (EDT)")
 flags.DEFINE_bool("use_ema", None, "sample with the EMA parameters (else the raw ones)")
 flags.DEFINE_integer("seed", 0, "sampling seed")
 flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
+flags.DEFINE_string("vae", None, "local diffusers VAE folder or weights file for latent models (default: the "
+                    "config's vae.path)")
 flags.DEFINE_string("output", None, "PNG path (default WORKDIR/samples.png); the .npz goes beside it")
 flags.mark_flags_as_required(["workdir"])
 
@@ -101,6 +104,20 @@ def generate(model, diffusion, params, labels: np.ndarray, *, sampler: str, step
     return np.asarray(run(params, labels, jax.random.key(seed)))
 
 
+def decode_latents(vae, params, scale: float, latents: np.ndarray, mesh, batch_size: int = 32) -> np.ndarray:
+    """Latents (N, h, w, c) as the diffusion model sees them -> images (N, H, W, 3) in [-1, 1], batch sharded."""
+    decode = jax.jit(lambda p, z: jnp.clip(vae.apply({"params": p}, z / scale, method=vae.decode), -1.0, 1.0))
+    params = jax.device_put(params, sharding.replicated(mesh))
+    step = -(-batch_size // mesh.size) * mesh.size
+    images = []
+    for start in range(0, len(latents), step):
+        chunk = latents[start:start + step]
+        pad = step - len(chunk)  # one compiled shape for every batch
+        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
+        images.append(np.asarray(decode(params, jax.device_put(padded, sharding.batch_sharding(mesh))))[:len(chunk)])
+    return np.concatenate(images)
+
+
 def save_grid(samples: np.ndarray, path: Path) -> None:
     """(N, H, W, C) in [-1, 1] -> a near-square PNG grid."""
     n, h, w, c = samples.shape
@@ -138,18 +155,25 @@ def main(argv):
                            sampler=_option("sampler", config), steps=_option("steps", config),
                            order=_option("order", config), guidance_scale=_option("guidance_scale", config),
                            amm=_option("amm", config), seed=f.seed, mesh=mesh)[:num]
+        latents = None
+        if model.in_channels not in (1, 3):  # a latent-space model
+            built = builders.build_vae(config, f.vae)
+            if built is not None:
+                latents = samples
+                samples = decode_latents(*built, latents, mesh)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     output = Path(f.output) if f.output else workdir / "samples.png"
     output.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(output.with_suffix(".npz"), samples=samples, labels=labels[:num], step=step)
-    if model.in_channels in (1, 3):
+    extra = {} if latents is None else {"latents": latents}
+    np.savez(output.with_suffix(".npz"), samples=samples, labels=labels[:num], step=step, **extra)
+    if samples.shape[-1] in (1, 3):
         save_grid(samples, output)
         logging.info("wrote %s and %s (step %d, %s parameters)", output, output.with_suffix(".npz"), step,
                      "EMA" if use_ema else "raw")
     else:
-        logging.info("wrote latents to %s (decode them with the VAE)", output.with_suffix(".npz"))
+        logging.info("wrote latents to %s (pass --vae or set vae.path to decode them)", output.with_suffix(".npz"))
 
 
 if __name__ == "__main__":

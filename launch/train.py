@@ -13,12 +13,11 @@ import sys
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from edt_jax.training.loop import LoopOptions, train
 from launch import builders
 
-config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])", lock_config=True)
+builders.define_config_flag()
 flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl and the config")
 flags.mark_flags_as_required(["config", "workdir"])
 
