@@ -25,12 +25,22 @@ flags.DEFINE_integer("process_id", None, "this process's index (with --coordinat
 flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with auto-detection (TPU pods, SLURM)")
 
 
+def define_flag(define, name: str, *args, **kwargs) -> None:
+    """``define(name, *args, **kwargs)`` (an absl ``flags.DEFINE_*``) unless ``name`` is already defined.
+
+    Launchers share flag names (``--workdir``, ``--seed``...); when several are imported into one process
+    (``launch.evaluate`` uses ``launch.sample``'s sampling flags, the tests import them all), the first
+    definition serves them all instead of absl's duplicate-flag error.
+    """
+    if name not in flags.FLAGS:
+        define(name, *args, **kwargs)
+
+
 def define_config_flag() -> None:
     """``--config configs/<file>.py[:arg]`` (with ``--config.key=value`` overrides), defined once even when
     several launchers are imported into one process (as the tests do)."""
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", None, "experiment config file (configs/*.py[:arg])",
-                                        lock_config=True)
+    define_flag(config_flags.DEFINE_config_file, "config", None, "experiment config file (configs/*.py[:arg])",
+                lock_config=True)
 
 
 def quiet_library_logs() -> None:

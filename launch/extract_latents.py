@@ -36,14 +36,18 @@ from launch import builders
 
 STORE_MODES = ("sample", "mean_std")
 builders.define_config_flag()
-flags.DEFINE_string("vae", None, "local diffusers VAE folder or weights file (default: the config's vae.path)")
-flags.DEFINE_string("output", None, "TFDS data_dir to write the latent dataset into")
-flags.DEFINE_string("source", None, "image source to encode (default: the config's data.image_source)")
-flags.DEFINE_enum("store", "sample", STORE_MODES, "store a posterior sample (EDT) or its mean and std")
-flags.DEFINE_integer("batch_size", 64, "images per VAE call on this process (split over its devices)")
-flags.DEFINE_integer("chunk_size", 4096, "records per resumable chunk")
-flags.DEFINE_integer("num_examples", None, "encode only the first N records (default: all)")
-flags.DEFINE_integer("seed", 0, "seed of the flips and posterior samples")
+builders.define_flag(flags.DEFINE_string, "vae", None,
+                     "local diffusers VAE folder or weights file (default: the config's vae.path)")
+builders.define_flag(flags.DEFINE_string, "output", None, "TFDS data_dir to write the latent dataset into")
+builders.define_flag(flags.DEFINE_string, "source", None,
+                     "image source to encode (default: the config's data.image_source)")
+builders.define_flag(flags.DEFINE_enum, "store", "sample", STORE_MODES,
+                     "store a posterior sample (EDT) or its mean and std")
+builders.define_flag(flags.DEFINE_integer, "batch_size", 64,
+                     "images per VAE call on this process (split over its devices)")
+builders.define_flag(flags.DEFINE_integer, "chunk_size", 4096, "records per resumable chunk")
+builders.define_flag(flags.DEFINE_integer, "num_examples", None, "encode only the first N records (default: all)")
+builders.define_flag(flags.DEFINE_integer, "seed", 0, "seed of the flips and posterior samples")
 flags.mark_flags_as_required(["config", "output"])
 
 

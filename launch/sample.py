@@ -30,24 +30,25 @@ from edt_jax.training.train_state import abstract_train_state
 from launch import builders
 
 SAMPLERS = ("unipc", "dpm_solver", "ddim", "ddpm")
-flags.DEFINE_string("workdir", None, "training run directory (checkpoints/ and config.json)")
-flags.DEFINE_enum("sampler", None, SAMPLERS, "sampler (default: the config's sample.sampler)")
-flags.DEFINE_integer("steps", None, "sampling steps (model calls)")
-flags.DEFINE_integer("order", None, "solver order for unipc / dpm_solver")
-flags.DEFINE_float("guidance_scale", None, "classifier-free guidance scale (1 = no guidance)")
-flags.DEFINE_integer("num_samples", None, "number of images")
-flags.DEFINE_string("labels", None, "comma-separated class labels (cycled); default random")
-flags.DEFINE_bool("amm", None, "apply the Attention Modulation Matrix (EDT)")
-flags.DEFINE_bool("use_ema", None, "sample with the EMA parameters (else the raw ones)")
-flags.DEFINE_integer("seed", 0, "sampling seed")
-flags.DEFINE_integer("step", None, "checkpoint step (default: newest)")
-flags.DEFINE_string("vae", None, "local diffusers VAE folder or weights file for latent models (default: the "
-                    "config's vae.path)")
-flags.DEFINE_string("output", None, "PNG path (default WORKDIR/samples.png); the .npz goes beside it")
+builders.define_flag(flags.DEFINE_string, "workdir", None, "training run directory (checkpoints/ and config.json)")
+builders.define_flag(flags.DEFINE_enum, "sampler", None, SAMPLERS, "sampler (default: the config's sample.sampler)")
+builders.define_flag(flags.DEFINE_integer, "steps", None, "sampling steps (model calls)")
+builders.define_flag(flags.DEFINE_integer, "order", None, "solver order for unipc / dpm_solver")
+builders.define_flag(flags.DEFINE_float, "guidance_scale", None, "classifier-free guidance scale (1 = no guidance)")
+builders.define_flag(flags.DEFINE_integer, "num_samples", None, "number of images")
+builders.define_flag(flags.DEFINE_string, "labels", None, "comma-separated class labels (cycled); default random")
+builders.define_flag(flags.DEFINE_bool, "amm", None, "apply the Attention Modulation Matrix (EDT)")
+builders.define_flag(flags.DEFINE_bool, "use_ema", None, "sample with the EMA parameters (else the raw ones)")
+builders.define_flag(flags.DEFINE_integer, "seed", 0, "sampling seed")
+builders.define_flag(flags.DEFINE_integer, "step", None, "checkpoint step (default: newest)")
+builders.define_flag(flags.DEFINE_string, "vae", None,
+                     "local diffusers VAE folder or weights file for latent models (default: the config's vae.path)")
+builders.define_flag(flags.DEFINE_string, "output", None,
+                     "PNG path (default WORKDIR/samples.png); the .npz goes beside it")
 flags.mark_flags_as_required(["workdir"])
 
 
-def _option(name: str, config: ml_collections.ConfigDict):
+def option(name: str, config: ml_collections.ConfigDict):
     value = getattr(flags.FLAGS, name)
     return config.sample.get(name) if value is None else value
 
@@ -139,7 +140,7 @@ def main(argv):
     workdir = Path(f.workdir)
     try:
         config, model, diffusion, state, step, mesh = load_run(workdir, f.step)
-        num = _option("num_samples", config)
+        num = option("num_samples", config)
         devices = mesh.shape["data"] * mesh.shape["fsdp"]
         padded = -(-num // devices) * devices  # the batch splits over the devices; extra samples are dropped
         rng = np.random.default_rng(f.seed)
@@ -150,11 +151,11 @@ def main(argv):
             labels = np.resize(given, padded)
         else:
             labels = rng.integers(0, model.num_classes, padded)
-        use_ema = _option("use_ema", config)
+        use_ema = option("use_ema", config)
         samples = generate(model, diffusion, state.ema_params if use_ema else state.params, labels,
-                           sampler=_option("sampler", config), steps=_option("steps", config),
-                           order=_option("order", config), guidance_scale=_option("guidance_scale", config),
-                           amm=_option("amm", config), seed=f.seed, mesh=mesh)[:num]
+                           sampler=option("sampler", config), steps=option("steps", config),
+                           order=option("order", config), guidance_scale=option("guidance_scale", config),
+                           amm=option("amm", config), seed=f.seed, mesh=mesh)[:num]
         latents = None
         if model.in_channels not in (1, 3):  # a latent-space model
             built = builders.build_vae(config, f.vae)

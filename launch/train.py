@@ -18,7 +18,7 @@ from edt_jax.training.loop import LoopOptions, train
 from launch import builders
 
 builders.define_config_flag()
-flags.DEFINE_string("workdir", None, "directory for checkpoints, metrics.jsonl and the config")
+builders.define_flag(flags.DEFINE_string, "workdir", None, "directory for checkpoints, metrics.jsonl and the config")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -32,3 +32,27 @@ def load_npz(name: str) -> dict[str, np.ndarray]:
 
 def load_json(name: str):
     return json.loads(fixture_path(name).read_text())
+
+
+def inception_recipe_state_dict(fixture: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The FID Inception state dict rebuilt from ``fid_inception_recipe.npz`` by the recipe in the fixtures' README."""
+    names = [str(n) for n in fixture["names"]]
+    shapes = json.loads(str(fixture["shapes_json"]))
+    state = {}
+    for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
+        z = np.random.default_rng(1000 + i).standard_normal(shape)
+        if name.endswith("num_batches_tracked"):
+            state[name] = np.zeros(shape, np.int64)
+            continue
+        if name.endswith("running_var"):
+            value = 1 + 0.1 * np.abs(z)
+        elif name.endswith("running_mean"):
+            value = 0.1 * z
+        elif name.endswith("bn.weight"):
+            value = 1 + 0.1 * z
+        elif name.endswith("bn.bias"):
+            value = 0.1 * z
+        else:
+            value = z * np.sqrt(2 / np.prod(shape[1:]))
+        state[name] = value.astype(np.float32)
+    return state

@@ -6,14 +6,12 @@ The fixture's weights are rebuilt from its numpy recipe (see shared/fixtures/REA
 
 from __future__ import annotations
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from shared_fixtures import load_npz
+from shared_fixtures import inception_recipe_state_dict, load_npz
 
 from edt_jax.metrics.inception import WEIGHTS_FILE, create_fid_inception, inception_params_from_torch
 from edt_jax.metrics.inception_convert import WRAPPER_PREFIX, load_inception_weights
@@ -27,27 +25,6 @@ TORCHVISION_NAMES = {
 }
 
 
-def _recipe_state_dict(names: list[str], shapes: list[list[int]]) -> dict[str, np.ndarray]:
-    state = {}
-    for i, (name, shape) in enumerate(zip(names, shapes, strict=True)):
-        z = np.random.default_rng(1000 + i).standard_normal(shape)
-        if name.endswith("num_batches_tracked"):
-            state[name] = np.zeros(shape, np.int64)
-            continue
-        if name.endswith("running_var"):
-            value = 1 + 0.1 * np.abs(z)
-        elif name.endswith("running_mean"):
-            value = 0.1 * z
-        elif name.endswith("bn.weight"):
-            value = 1 + 0.1 * z
-        elif name.endswith("bn.bias"):
-            value = 0.1 * z
-        else:
-            value = z * np.sqrt(2 / np.prod(shape[1:]))
-        state[name] = value.astype(np.float32)
-    return state
-
-
 def _to_torchvision(name: str) -> str:
     """'blocks.2.3.branch3x3.conv.weight' -> 'Mixed_6a.branch3x3.conv.weight'."""
     block, index, module, rest = name.split(".", 3)
@@ -59,7 +36,7 @@ def recipe():
     """Fixture data, the recipe state dict, the network, its variables and the single jitted apply."""
     data = load_npz("fid_inception_recipe.npz")
     names = [str(n) for n in data["names"]]
-    state = _recipe_state_dict(names, json.loads(str(data["shapes_json"])))
+    state = inception_recipe_state_dict(data)
     net = create_fid_inception()
     variables = inception_params_from_torch(state, net)
     apply = jax.jit(net.apply)
