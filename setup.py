@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["edt_jax", "edt_jax.*"]),
+    # The offline feature extractors' weights (FD_shapes / FD_mnist5k), a few hundred kB each.
+    package_data={"edt_jax": ["metrics/weights/*.npz"]},
     install_requires=[
         "jax>=0.10.0",
         "flax>=0.12.0",
