@@ -12,6 +12,8 @@ Metrics (``--metrics``, comma-separated):
                             package (``edt_jax.metrics.extractors``); the reference is the dataset itself.
                             Works offline on a fresh machine. NOT FID: not comparable to published numbers.
     pr_shapes, pr_mnist5k   precision / recall (k = 3) in those features against as many dataset images.
+    acc_shapes, acc_mnist5k fraction of samples that the shipped classifier assigns to the class they were
+                            generated for (the shape, or the digit): does the model follow its labels?
     fid                     FID: Inception pool3 statistics against ``--reference`` (an ``.npz`` with mu/sigma,
                             e.g. the ADM evaluator's reference batches, or a data source such as ``shapes``).
     is                      Inception Score (needs the ``fc`` head of the real weights file).
@@ -41,7 +43,8 @@ from edt_jax.metrics.scores import inception_score, precision_recall
 from launch import builders
 from launch import sample as sample_lib  # defines the sampling flags shared with launch.sample
 
-METRICS = ("fd_shapes", "fd_mnist5k", "pr_shapes", "pr_mnist5k", "fid", "is", "pr_inception")
+METRICS = ("fd_shapes", "fd_mnist5k", "pr_shapes", "pr_mnist5k", "acc_shapes", "acc_mnist5k", "fid", "is",
+           "pr_inception")
 builders.define_flag(flags.DEFINE_list, "metrics", ["fd_shapes"], f"metrics to compute: {', '.join(METRICS)}")
 builders.define_flag(flags.DEFINE_integer, "batch_size", 256,
                      "samples generated per sampler call (split over the devices)")
@@ -132,15 +135,17 @@ class Inception:
         return np.concatenate(pools), (np.concatenate(logits) if logits else None)
 
 
-def compute_metrics(images: np.ndarray, metrics: list[str], *, reference: str | None = None,
-                    inception_weights: str | None = None, seed: int = 0, data_dir: str | None = None) -> dict:
-    """The requested ``metrics`` of uint8 samples (N, H, W, C); see the module docstring for the names."""
+def compute_metrics(images: np.ndarray, metrics: list[str], *, labels: np.ndarray | None = None,
+                    reference: str | None = None, inception_weights: str | None = None, seed: int = 0,
+                    data_dir: str | None = None) -> dict:
+    """The requested ``metrics`` of uint8 samples (N, H, W, C) generated for ``labels`` (N,); see the module
+    docstring for the names."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; accepted: {', '.join(METRICS)}")
     results = {}
     for name in ("shapes", "mnist5k"):
-        if f"fd_{name}" not in metrics and f"pr_{name}" not in metrics:
+        if not {f"fd_{name}", f"pr_{name}", f"acc_{name}"} & set(metrics):
             continue
         extractor = extractors.load_extractor(name)
         features = extractor.features(images)
@@ -151,6 +156,11 @@ def compute_metrics(images: np.ndarray, metrics: list[str], *, reference: str | 
             real = extractor.features(extractors.labelled_examples(name, np.sort(
                 np.random.default_rng(seed).choice(extractor.spec.num_examples, len(images), replace=False)))[0])
             results[f"precision_{name}"], results[f"recall_{name}"] = precision_recall(real, features)
+        if f"acc_{name}" in metrics:
+            if labels is None:
+                raise ValueError(f"acc_{name} needs the labels the samples were generated for")
+            class_head = extractor.spec.heads[0][0]  # the dataset's class: shape or digit
+            results[f"class_accuracy_{name}"] = float(np.mean(extractor.predict(images)[class_head] == labels))
     if not {"fid", "is", "pr_inception"} & set(metrics):
         return results
     inception = Inception(inception_weights)
@@ -196,7 +206,7 @@ def main(argv):
                                            mesh), num, f.batch_size, labels=labels, seed=f.seed, vae=vae, **sampling)
         generation_s = time.time() - start
         start = time.time()
-        results = compute_metrics(images, list(f.metrics), reference=f.reference,
+        results = compute_metrics(images, list(f.metrics), labels=labels, reference=f.reference,
                                   inception_weights=f.inception_weights, seed=f.seed)
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -36,7 +36,7 @@ def evaluate(workdir: Path, *flags: str) -> subprocess.CompletedProcess:
 
 def test_evaluate_writes_offline_metrics_and_adm_samples(tiny_run, tmp_path):
     out = evaluate(tiny_run, "--num_samples=12", "--batch_size=8", "--sampler=ddim", "--steps=2",
-                   "--metrics=fd_shapes,pr_shapes", f"--report={tmp_path / 'eval.json'}",
+                   "--metrics=fd_shapes,pr_shapes,acc_shapes", f"--report={tmp_path / 'eval.json'}",
                    f"--save_samples={tmp_path / 'samples.npz'}")
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads((tmp_path / "eval.json").read_text())
@@ -45,6 +45,7 @@ def test_evaluate_writes_offline_metrics_and_adm_samples(tiny_run, tmp_path):
     # Two steps of training: samples are noise-like, far from the shapes data, so FD is large.
     assert np.isfinite(metrics["FD_shapes"]) and metrics["FD_shapes"] > 0
     assert 0 <= metrics["precision_shapes"] <= 1 and 0 <= metrics["recall_shapes"] <= 1
+    assert 0 <= metrics["class_accuracy_shapes"] <= 1
     saved = np.load(tmp_path / "samples.npz")
     assert saved["arr_0"].shape == (12, 32, 32, 3) and saved["arr_0"].dtype == np.uint8
     assert saved["arr_1"].shape == (12,)
@@ -55,16 +56,19 @@ def test_evaluate_rejects_unknown_metrics_in_one_line(tiny_run, tmp_path):
                    "--metrics=fid_shapes", f"--report={tmp_path / 'eval.json'}")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == ("error: unknown metrics ['fid_shapes']; accepted: fd_shapes, "
-                                                   "fd_mnist5k, pr_shapes, pr_mnist5k, fid, is, pr_inception")
+                                                   "fd_mnist5k, pr_shapes, pr_mnist5k, acc_shapes, acc_mnist5k, "
+                                                   "fid, is, pr_inception")
 
 
 def test_dataset_images_score_better_than_noise():
     from edt_jax.metrics.extractors import labelled_examples
 
-    real = labelled_examples("shapes", np.arange(5000, 5400))[0]
+    indices = np.sort(np.random.default_rng(1).choice(110_592, 400, replace=False))  # a representative draw
+    real, factors = labelled_examples("shapes", indices)
     noise = np.random.default_rng(0).integers(0, 256, real.shape, dtype=np.uint8)
-    good, bad = (compute_metrics(x, ["fd_shapes"])["FD_shapes"] for x in (real, noise))
-    assert good < bad / 10
+    good, bad = (compute_metrics(x, ["fd_shapes", "acc_shapes"], labels=factors["shape"]) for x in (real, noise))
+    assert good["FD_shapes"] < bad["FD_shapes"] / 10
+    assert good["class_accuracy_shapes"] > 0.99
 
 
 def test_fid_path_with_recipe_weights(tmp_path):
