@@ -195,8 +195,7 @@ def main(argv):
     workdir = Path(f.workdir)
     try:
         config, model, diffusion, state, step, mesh = sample_lib.load_run(workdir, f.step)
-        # Each option: its flag when given, else the run config's sample.* default.
-        sampling = {name: sample_lib.option(name, config) for name in ("sampler", "steps", "order",
+        sampling = {name: sample_lib.option(name, config) for name in ("sampler", "steps", "order", "variant",
                                                                        "guidance_scale", "amm")}
         use_ema, num = sample_lib.option("use_ema", config), sample_lib.option("num_samples", config)
         vae = builders.build_vae(config, f.vae) if model.in_channels not in (1, 3) else None

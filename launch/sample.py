@@ -34,6 +34,7 @@ builders.define_flag(flags.DEFINE_string, "workdir", None, "training run directo
 builders.define_flag(flags.DEFINE_enum, "sampler", None, SAMPLERS, "sampler (default: the config's sample.sampler)")
 builders.define_flag(flags.DEFINE_integer, "steps", None, "sampling steps (model calls)")
 builders.define_flag(flags.DEFINE_integer, "order", None, "solver order for unipc / dpm_solver")
+builders.define_flag(flags.DEFINE_enum, "variant", None, ["bh1", "bh2"], "UniPC variant (default bh1)")
 builders.define_flag(flags.DEFINE_float, "guidance_scale", None, "classifier-free guidance scale (1 = no guidance)")
 builders.define_flag(flags.DEFINE_integer, "num_samples", None, "number of images")
 builders.define_flag(flags.DEFINE_string, "labels", None, "comma-separated class labels (cycled); default random")
@@ -49,6 +50,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def option(name: str, config: ml_collections.ConfigDict):
+    """The flag ``--name`` when given, else the run config's ``sample.name`` default."""
     value = getattr(flags.FLAGS, name)
     return config.sample.get(name) if value is None else value
 
@@ -75,7 +77,7 @@ def load_run(workdir: Path, step: int | None):
 
 
 def generate(model, diffusion, params, labels: np.ndarray, *, sampler: str, steps: int, order: int,
-             guidance_scale: float, amm: bool, seed: int, mesh) -> np.ndarray:
+             guidance_scale: float, amm: bool, seed: int, mesh, variant: str | None = None) -> np.ndarray:
     """(N, H, W, C) samples for ``labels`` (N,), batch sharded over the mesh's batch axes."""
     ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
     shape = (len(labels), model.input_size, model.input_size, model.in_channels)
@@ -96,7 +98,7 @@ def generate(model, diffusion, params, labels: np.ndarray, *, sampler: str, step
         else:
             model_fn = samplers.model_wrapper(lambda x, t: net(x, t, labels), ns, learned_sigma=model.learn_sigma)
         if sampler == "unipc":
-            return samplers.unipc(model_fn, x_T, ns, steps=steps, order=order)
+            return samplers.unipc(model_fn, x_T, ns, steps=steps, order=order, variant=variant or "bh1")
         if sampler == "dpm_solver":
             return samplers.dpm_solver(model_fn, x_T, ns, steps=steps, order=order)
         return samplers.ddim(model_fn, x_T, ns, steps=steps)
@@ -154,7 +156,8 @@ def main(argv):
         use_ema = option("use_ema", config)
         samples = generate(model, diffusion, state.ema_params if use_ema else state.params, labels,
                            sampler=option("sampler", config), steps=option("steps", config),
-                           order=option("order", config), guidance_scale=option("guidance_scale", config),
+                           order=option("order", config), variant=option("variant", config),
+                           guidance_scale=option("guidance_scale", config),
                            amm=option("amm", config), seed=f.seed, mesh=mesh)[:num]
         latents = None
         if model.in_channels not in (1, 3):  # a latent-space model

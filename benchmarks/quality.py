@@ -1,0 +1,126 @@
+"""Sample quality vs NFE of DDIM, DPM-Solver++ and UniPC on a model trained here (FD_shapes / FD_mnist5k).
+
+    python benchmarks/quality.py --workdir /tmp/shapes_edt --num_samples 512 --seeds 0,1 --nfe 5,6,8,10,15,20,25,50
+
+Every (sampler, NFE, guidance) cell generates ``--num_samples`` samples per seed from the same checkpoint and
+reports the mean and spread (min-max over seeds) of the offline Frechet distance in the shipped classifier's
+features (not FID; lower is better; the dataset against itself scores about 47 at 512 samples on shapes).
+Writes ``benchmarks/results/quality_<dataset>_<backend>.md/.json`` and, when matplotlib is installed, a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ and configs/ live at the repo root
+
+from bench_utils import machine_info, md_table, write_results  # noqa: E402
+
+from edt_jax.metrics import extractors  # noqa: E402
+from edt_jax.metrics.frechet import FeatureStats  # noqa: E402
+from launch import evaluate, sample  # noqa: E402
+
+# (label, sampler, order, variant)
+SAMPLERS = {
+    "ddim": ("DDIM", "ddim", 1, None),
+    "dpm2": ("DPM-Solver++ 2M", "dpm_solver", 2, None),
+    "dpm3": ("DPM-Solver++ 3M", "dpm_solver", 3, None),
+    "unipc2_bh1": ("UniPC-2 bh1", "unipc", 2, "bh1"),
+    "unipc2_bh2": ("UniPC-2 bh2", "unipc", 2, "bh2"),
+    "unipc3_bh1": ("UniPC-3 bh1", "unipc", 3, "bh1"),
+    "unipc3_bh2": ("UniPC-3 bh2", "unipc", 3, "bh2"),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", required=True, help="a launch.train run on shapes or mnist5k")
+    parser.add_argument("--dataset", default="shapes", choices=sorted(extractors.SPECS))
+    parser.add_argument("--num_samples", type=int, default=512)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--nfe", default="5,6,8,10,15,20,25,50")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS))
+    parser.add_argument("--guidance", default="1.0", help="comma-separated classifier-free guidance scales")
+    parser.add_argument("--amm", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    nfes = [int(n) for n in args.nfe.split(",")]
+    guidances = [float(g) for g in args.guidance.split(",")]
+    unknown = [s for s in args.samplers.split(",") if s not in SAMPLERS]
+    if unknown:
+        parser.error(f"unknown samplers {unknown}; choose from {', '.join(SAMPLERS)}")
+
+    start = time.time()
+    config, model, diffusion, state, step, mesh = sample.load_run(Path(args.workdir), None)
+    run = (config, model, diffusion, state.ema_params, mesh)
+    extractor = extractors.load_extractor(args.dataset)
+    reference = extractors.dataset_stats(args.dataset, extractor=extractor)
+    cells = []
+    for key in args.samplers.split(","):
+        label, sampler, order, variant = SAMPLERS[key]
+        for guidance in guidances:
+            for nfe in nfes:
+                if nfe < order:
+                    continue
+                scores = []
+                for seed in seeds:
+                    images, _ = evaluate.generate_samples(
+                        run, args.num_samples, args.batch_size, labels=None, seed=seed, sampler=sampler, steps=nfe,
+                        order=order, variant=variant, guidance_scale=guidance, amm=args.amm)
+                    scores.append(FeatureStats.from_features(extractor.features(images)).frechet_distance(reference))
+                cells.append(dict(sampler=label, guidance=guidance, nfe=nfe, fd=scores))
+                print(f"{label:16s} guidance {guidance:g} NFE {nfe:3d}: FD {np.mean(scores):8.1f} "
+                      f"({min(scores):.1f}-{max(scores):.1f})", flush=True)
+
+    header = ["sampler", "guidance"] + [f"NFE {n}" for n in nfes]
+    rows = []
+    for key in args.samplers.split(","):
+        for guidance in guidances:
+            row = [c for c in cells if c["sampler"] == SAMPLERS[key][0] and c["guidance"] == guidance]
+            by_nfe = {c["nfe"]: c["fd"] for c in row}
+            rows.append([SAMPLERS[key][0], f"{guidance:g}"] + [
+                f"{np.mean(by_nfe[n]):.1f} ({min(by_nfe[n]):.0f}-{max(by_nfe[n]):.0f})" if n in by_nfe else "-"
+                for n in nfes])
+    report = "\n".join([
+        f"# Sample quality vs NFE ({extractor.metric_name}, lower is better)", "",
+        f"- machine: {machine_info()}",
+        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        f"- model: `{args.workdir}` step {step} ({config.model.name}, EMA parameters, AMM "
+        f"{'on' if args.amm else 'off'}), {args.num_samples} samples per seed, seeds {seeds}, random labels",
+        f"- cells: mean over seeds (min-max); reference: {extractor.metric_name} statistics of "
+        f"{reference.count} dataset images; the dataset against itself scores about 47 at 512 samples",
+        f"- total runtime: {time.time() - start:.0f} s", "", md_table(header, rows), ""])
+    print(report)
+    import jax
+
+    stem = f"quality_{args.dataset}_{jax.default_backend()}"
+    path = write_results(args.out, stem, report, dict(cells=cells, step=step, seeds=seeds))
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in args.samplers.split(","):
+        for guidance in guidances:
+            row = [c for c in cells if c["sampler"] == SAMPLERS[key][0] and c["guidance"] == guidance]
+            ax.plot([c["nfe"] for c in row], [np.mean(c["fd"]) for c in row], marker="o",
+                    label=SAMPLERS[key][0] + (f" w={guidance:g}" if len(guidances) > 1 else ""))
+    ax.set(xscale="log", xlabel="NFE", ylabel=extractor.metric_name, title=f"{extractor.metric_name} vs NFE")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()
