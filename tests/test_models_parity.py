@@ -11,11 +11,11 @@ from shared_fixtures import fixture_path, load_json, load_npz
 
 from edt_jax.models import count_macs, create_model
 from edt_jax.models.convert import (
-    _official_shape,
     abstract_params,
     edt_params_from_torch,
     load_state_dict,
     official_name,
+    official_shape,
 )
 from edt_jax.models.layers import sincos_pos_embed_2d
 
@@ -87,7 +87,7 @@ def test_full_size_layout_params_and_macs_match_official(name):
     model = create_model(name, input_size=32, in_channels=4, num_classes=1000)
     flat = traverse_util.flatten_dict(abstract_params(model))
     assert sum(int(np.prod(leaf.shape)) for leaf in flat.values()) == official["trainable_params"]
-    converted = {official_name(path): list(_official_shape(leaf.shape, path[-1])) for path, leaf in flat.items()}
+    converted = {official_name(path): list(official_shape(leaf.shape, path[-1])) for path, leaf in flat.items()}
     assert converted == official["state_shapes"]
     assert count_macs(model) == official["macs"]
     assert list(model.amm_blocks) == official["amm_blocks"]

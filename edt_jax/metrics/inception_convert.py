@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from edt_jax.models.convert import _official_shape, _to_flax_layout, load_state_dict
+from edt_jax.models.convert import load_state_dict, official_shape, to_flax_layout
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_RELEASES = "https://github.com/mseitzer/pytorch-fid/releases"
@@ -89,10 +89,10 @@ def inception_params_from_torch(state_dict: Mapping[str, np.ndarray], net: nn.Mo
                 missing.append(key)
                 continue
             seen.add(key)
-            array = _to_flax_layout(np.asarray(state[key]), path[-1])
+            array = to_flax_layout(np.asarray(state[key]), path[-1])
             if array.shape != tuple(leaf.shape):
                 misshaped.append(f"{key} {tuple(np.shape(state[key]))} (expected "
-                                 f"{_official_shape(tuple(leaf.shape), path[-1])})")
+                                 f"{official_shape(tuple(leaf.shape), path[-1])})")
                 continue
             flat[path] = jnp.asarray(array, dtype=leaf.dtype)
         variables[collection] = traverse_util.unflatten_dict(flat)

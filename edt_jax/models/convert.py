@@ -45,7 +45,8 @@ def official_name(path: tuple[str, ...]) -> str:
     return ".".join(parts)
 
 
-def _to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+def to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+    """A PyTorch tensor in Flax layout: Linear (out, in) -> (in, out), conv (out, in, kh, kw) -> (kh, kw, in, out)."""
     if leaf == "kernel" and array.ndim == 2:
         return array.T
     if leaf == "kernel" and array.ndim == 4:
@@ -73,10 +74,10 @@ def edt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module
         if key not in state:
             raise ValueError(f"state dict has no tensor {key!r} (needed for {'/'.join(path)}); "
                              f"is it a checkpoint of this model configuration?")
-        array = _to_flax_layout(np.asarray(state[key]), path[-1])
+        array = to_flax_layout(np.asarray(state[key]), path[-1])
         if array.shape != tuple(leaf.shape):
             raise ValueError(f"tensor {key!r} has shape {tuple(np.asarray(state[key]).shape)}, but this model needs "
-                             f"{_official_shape(leaf.shape, path[-1])}")
+                             f"{official_shape(leaf.shape, path[-1])}")
         params[path] = jnp.asarray(array, dtype=leaf.dtype)
         used.add(key)
     unexpected = sorted(k for k in state if k not in used and not FROZEN_BUFFERS.search(k))
@@ -85,7 +86,8 @@ def edt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module
     return traverse_util.unflatten_dict(params)
 
 
-def _official_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+def official_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:
+    """The PyTorch shape of a Flax variable's ``shape`` (the inverse of ``to_flax_layout``)."""
     if leaf == "kernel" and len(shape) == 2:
         return tuple(shape[::-1])
     if leaf == "kernel" and len(shape) == 4:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from edt_jax.models.convert import _official_shape, _to_flax_layout, load_state_dict
+from edt_jax.models.convert import load_state_dict, official_shape, to_flax_layout
 
 # Current diffusers name -> the name older checkpoints use for the same tensor.
 OLD_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -80,9 +80,9 @@ def vae_params_from_torch(state_dict: Mapping[str, np.ndarray], vae: nn.Module) 
         array = raw
         if path[-1] == "kernel" and len(leaf.shape) == 2 and raw.ndim == 4 and raw.shape[2:] == (1, 1):
             array = raw[:, :, 0, 0]  # attention projection stored as a 1x1 conv
-        array = _to_flax_layout(array, path[-1])
+        array = to_flax_layout(array, path[-1])
         if array.shape != tuple(leaf.shape):
-            misshaped.append(f"{key} {tuple(raw.shape)} (needs {_official_shape(leaf.shape, path[-1])})")
+            misshaped.append(f"{key} {tuple(raw.shape)} (needs {official_shape(leaf.shape, path[-1])})")
             continue
         params[path] = jnp.asarray(array, dtype=leaf.dtype)
     unexpected = sorted(k for k in state if k not in used)
