@@ -38,7 +38,7 @@ from absl import app, flags, logging
 
 from edt_jax import data as data_lib
 from edt_jax.metrics import extractors
-from edt_jax.metrics.frechet import FeatureStats, StatsAccumulator, load_stats
+from edt_jax.metrics.frechet import FeatureStats, load_stats
 from edt_jax.metrics.scores import inception_score, precision_recall
 from launch import builders
 from launch import sample as sample_lib  # defines the sampling flags shared with launch.sample
@@ -163,27 +163,31 @@ def compute_metrics(images: np.ndarray, metrics: list[str], *, labels: np.ndarra
             results[f"class_accuracy_{name}"] = float(np.mean(extractor.predict(images)[class_head] == labels))
     if not {"fid", "is", "pr_inception"} & set(metrics):
         return results
-    inception = Inception(inception_weights)
+    # Fixed-size batches keep one compiled shape; small sets use their own size (no padding to 100 at 299x299).
+    inception = Inception(inception_weights, batch_size=min(100, len(images)))
     pool3, logits = inception(images)
+    real_features = None
+
+    def reference_features() -> np.ndarray:
+        nonlocal real_features
+        if real_features is None:
+            if not reference:
+                raise ValueError("fid and pr_inception need --reference (a statistics .npz with mu/sigma, an ADM "
+                                 "batch .npz with arr_0, or a data source)")
+            real_features = inception(reference_images(reference, len(images), seed, data_dir))[0]
+        return real_features
+
     if "fid" in metrics:
-        if not reference:
-            raise ValueError("fid needs --reference (a statistics .npz with mu/sigma, or a data source)")
-        if reference.endswith(".npz") and "mu" in np.load(Path(reference).expanduser()).files:
-            real = load_stats(Path(reference).expanduser())
-        else:
-            acc = StatsAccumulator()
-            acc.add(inception(reference_images(reference, len(images), seed, data_dir))[0])
-            real = acc.stats()
+        stats_file = reference and reference.endswith(".npz") and "mu" in np.load(Path(reference).expanduser()).files
+        real = load_stats(Path(reference).expanduser()) if stats_file else FeatureStats.from_features(
+            reference_features())
         results["fid"] = FeatureStats.from_features(pool3).frechet_distance(real)
     if "is" in metrics:
         if logits is None:
             raise ValueError("is needs the fc head of the real weights file (fc.weight, fc.bias)")
         results["inception_score"], results["inception_score_std"] = inception_score(logits)
     if "pr_inception" in metrics:
-        if not reference:
-            raise ValueError("pr_inception needs --reference images (an ADM batch .npz with arr_0, or a data source)")
-        real = inception(reference_images(reference, len(images), seed, data_dir))[0]
-        results["precision_inception"], results["recall_inception"] = precision_recall(real, pool3)
+        results["precision_inception"], results["recall_inception"] = precision_recall(reference_features(), pool3)
     return results
 
 
