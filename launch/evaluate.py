@@ -78,13 +78,14 @@ def generate_samples(run, num: int, batch_size: int, *, labels: np.ndarray | Non
     if labels is None:
         labels = rng.integers(0, model.num_classes, num)
     labels = np.resize(labels, num)
+    generate_batch = sample_lib.make_generator(model, diffusion, mesh=mesh, **sampling)
+    decode = sample_lib.make_decoder(*vae, mesh) if vae is not None else None
     images, start = [], time.time()
     for i, first in enumerate(range(0, num, batch_size)):
         batch = np.resize(labels[first:first + batch_size], batch_size)
-        batch_seed = int(np.random.default_rng([seed, i]).integers(2**31))
-        x = sample_lib.generate(model, diffusion, params, batch, seed=batch_seed, mesh=mesh, **sampling)
-        if vae is not None:
-            x = sample_lib.decode_latents(*vae, x, mesh)
+        x = generate_batch(params, batch, int(np.random.default_rng([seed, i]).integers(2**31)))
+        if decode is not None:
+            x = decode(x)
         images.append(to_uint8(x[:min(batch_size, num - first)]))
         done = first + len(images[-1])
         rate = done / (time.time() - start)

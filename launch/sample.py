@@ -76,18 +76,18 @@ def load_run(workdir: Path, step: int | None):
     return config, model, builders.build_diffusion(config), state, step, mesh
 
 
-def generate(model, diffusion, params, labels: np.ndarray, *, sampler: str, steps: int, order: int,
-             guidance_scale: float, amm: bool, seed: int, mesh, variant: str | None = None) -> np.ndarray:
-    """(N, H, W, C) samples for ``labels`` (N,), batch sharded over the mesh's batch axes."""
+def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, guidance_scale: float, amm: bool,
+                   mesh, variant: str | None = None):
+    """``generate_batch(params, labels (N,), seed) -> samples (N, H, W, C)`` (numpy), compiled once per N and
+    reused for every batch; the batch is sharded over the mesh's batch axes."""
     ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
-    shape = (len(labels), model.input_size, model.input_size, model.in_channels)
 
     @jax.jit
     def run(params, labels, key):
         def net(x, t_input, y):
             return model.apply({"params": params}, x, t_input, y, train=False, amm=amm)
 
-        x_T = jax.random.normal(key, shape, jnp.float32)
+        x_T = jax.random.normal(key, (labels.shape[0], model.input_size, model.input_size, model.in_channels))
         if sampler == "ddpm":  # ADM ancestral sampling, learned-range variance, no guidance
             return samplers.ddpm(lambda x, t: net(x, t, labels), x_T, jax.random.fold_in(key, 1), diffusion,
                                  steps=steps, variance="learned_range" if model.learn_sigma else "fixed_small")
@@ -103,22 +103,36 @@ def generate(model, diffusion, params, labels: np.ndarray, *, sampler: str, step
             return samplers.dpm_solver(model_fn, x_T, ns, steps=steps, order=order)
         return samplers.ddim(model_fn, x_T, ns, steps=steps)
 
-    labels = jax.device_put(jnp.asarray(labels, jnp.int32), sharding.batch_sharding(mesh))
-    return np.asarray(run(params, labels, jax.random.key(seed)))
+    def generate_batch(params, labels: np.ndarray, seed: int) -> np.ndarray:
+        labels = jax.device_put(jnp.asarray(labels, jnp.int32), sharding.batch_sharding(mesh))
+        return np.asarray(run(params, labels, jax.random.key(seed)))
+
+    return generate_batch
 
 
-def decode_latents(vae, params, scale: float, latents: np.ndarray, mesh, batch_size: int = 32) -> np.ndarray:
-    """Latents (N, h, w, c) as the diffusion model sees them -> images (N, H, W, 3) in [-1, 1], batch sharded."""
-    decode = jax.jit(lambda p, z: jnp.clip(vae.apply({"params": p}, z / scale, method=vae.decode), -1.0, 1.0))
+def generate(model, diffusion, params, labels: np.ndarray, *, seed: int, mesh, **sampling) -> np.ndarray:
+    """(N, H, W, C) samples for ``labels`` (N,); ``sampling`` as ``make_generator``'s keywords."""
+    return make_generator(model, diffusion, mesh=mesh, **sampling)(params, labels, seed)
+
+
+def make_decoder(vae, params, scale: float, mesh, batch_size: int = 32):
+    """``decode(latents (N, h, w, c)) -> images (N, H, W, 3)`` in [-1, 1] for latents as the diffusion model sees
+    them; batches of a fixed size (one compile), sharded over the mesh."""
+    decode_batch = jax.jit(lambda p, z: jnp.clip(vae.apply({"params": p}, z / scale, method=vae.decode), -1.0, 1.0))
     params = jax.device_put(params, sharding.replicated(mesh))
     step = -(-batch_size // mesh.size) * mesh.size
-    images = []
-    for start in range(0, len(latents), step):
-        chunk = latents[start:start + step]
-        pad = step - len(chunk)  # one compiled shape for every batch
-        padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
-        images.append(np.asarray(decode(params, jax.device_put(padded, sharding.batch_sharding(mesh))))[:len(chunk)])
-    return np.concatenate(images)
+
+    def decode(latents: np.ndarray) -> np.ndarray:
+        images = []
+        for start in range(0, len(latents), step):
+            chunk = latents[start:start + step]
+            pad = step - len(chunk)
+            padded = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)]) if pad else chunk
+            out = decode_batch(params, jax.device_put(padded, sharding.batch_sharding(mesh)))
+            images.append(np.asarray(out)[:len(chunk)])
+        return np.concatenate(images)
+
+    return decode
 
 
 def save_grid(samples: np.ndarray, path: Path) -> None:
@@ -164,7 +178,7 @@ def main(argv):
             built = builders.build_vae(config, f.vae)
             if built is not None:
                 latents = samples
-                samples = decode_latents(*built, latents, mesh)
+                samples = make_decoder(*built, mesh)(latents)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
