@@ -59,11 +59,10 @@ def dataset_name(config) -> str:
     return rest.partition(":")[0]
 
 
-def _flip(record: dict, index: int, seed: int) -> dict:
-    # One fair coin per record, from (seed, index) alone: independent of batching, processes and restarts.
-    if np.random.default_rng([seed, index]).random() < 0.5:
-        record = {**record, "image": np.ascontiguousarray(record["image"][:, ::-1])}
-    return record
+def flip_per_record(image: np.ndarray, index: int, seed: int) -> np.ndarray:
+    """(H, W, C) image, flipped left-right with probability 1/2 by a coin drawn from (seed, record index) alone:
+    independent of batching, processes and restarts."""
+    return image[:, ::-1] if np.random.default_rng([seed, index]).random() < 0.5 else image
 
 
 def make_encoder(vae, params, scale: float, store: str, seed: int, mesh):
@@ -129,8 +128,7 @@ def extract(config, vae_path: str | None, output: str, *, source_spec: str | Non
         offset = rows.start
         for batch in batches:
             indices = np.arange(offset, offset + len(batch["label"]))
-            images = np.stack([_flip({"image": im}, i, seed)["image"] for im, i in zip(batch["image"], indices,
-                                                                                      strict=True)])
+            images = np.stack([flip_per_record(im, i, seed) for im, i in zip(batch["image"], indices, strict=True)])
             for key, value in encode(images, indices.astype(np.int32)).items():
                 parts.setdefault(key, []).append(value)
             parts.setdefault("label", []).append(np.asarray(batch["label"], np.int64))
