@@ -68,8 +68,9 @@ def generate_samples(run, num: int, batch_size: int, *, labels: np.ndarray | Non
                      **sampling) -> tuple[np.ndarray, np.ndarray]:
     """``num`` uint8 images (N, H, W, C) and their labels (N,), in batches of ``batch_size`` with progress.
 
-    ``run`` is ``sample.load_run``'s tuple; ``sampling`` holds ``generate``'s keyword arguments. Every
-    batch has the same shape (the last one is padded), so the sampler compiles once.
+    ``run`` is (config, model, diffusion, params, mesh) of a loaded run; ``sampling`` holds
+    ``sample.make_generator``'s keyword arguments. Every batch has the same shape (the last one is padded),
+    so the sampler compiles once.
     """
     config, model, diffusion, params, mesh = run
     devices = mesh.shape["data"] * mesh.shape["fsdp"]
