@@ -59,11 +59,6 @@ builders.define_flag(flags.DEFINE_string, "save_samples", None,
                      "also write the samples as an ADM-evaluator .npz (arr_0 uint8, arr_1 labels)")
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] float (N, H, W, C) -> uint8, rounded as the PNG grids are."""
-    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def generate_samples(run, num: int, batch_size: int, *, labels: np.ndarray | None, seed: int, vae=None,
                      **sampling) -> tuple[np.ndarray, np.ndarray]:
     """``num`` uint8 images (N, H, W, C) and their labels (N,), in batches of ``batch_size`` with progress.
@@ -87,7 +82,7 @@ def generate_samples(run, num: int, batch_size: int, *, labels: np.ndarray | Non
         x = generate_batch(params, batch, int(np.random.default_rng([seed, i]).integers(2**31)))
         if decode is not None:
             x = decode(x)
-        images.append(to_uint8(x[:min(batch_size, num - first)]))
+        images.append(sample_lib.to_uint8(x[:min(batch_size, num - first)]))
         done = first + len(images[-1])
         rate = done / (time.time() - start)
         logging.info("generated %d / %d samples (%.1f img/s, ETA %.0f s)", done, num, rate, (num - done) / rate)

@@ -135,12 +135,17 @@ def make_decoder(vae, params, scale: float, mesh, batch_size: int = 32):
     return decode
 
 
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] float (N, H, W, C) -> uint8 pixels, rounded."""
+    return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def save_grid(samples: np.ndarray, path: Path) -> None:
     """(N, H, W, C) in [-1, 1] -> a near-square PNG grid."""
     n, h, w, c = samples.shape
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    pixels = np.clip(np.round((samples + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    pixels = to_uint8(samples)
     grid = np.zeros((rows * h, cols * w, c), np.uint8)
     for i in range(n):
         r, q = divmod(i, cols)
