@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,8 +43,10 @@ def class_folder(tmp_path):
 def test_labelled_folder_round_trip(class_folder, tmp_path):
     folder, expected = class_folder
     data_dir = tmp_path / "tfds"
+    stray = set(Path(tempfile.gettempdir()).glob("tmp*tfds"))
     name = build_image_folder_dataset(folder, data_dir)
     assert name == "pets"
+    assert set(Path(tempfile.gettempdir()).glob("tmp*tfds")) <= stray  # no empty folder left in /tmp
     source = _read(name, data_dir)
     assert len(source) == 6
     for i, (cls, image) in enumerate(expected):

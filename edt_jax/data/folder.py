@@ -33,6 +33,15 @@ VERSION = "1.0.0"
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+    """A ``DatasetInfo`` that never looks for hosted metadata of the same name."""
+
+    def initialize_from_bucket(self) -> None:
+        # TFDS calls this while constructing a builder whose directory has no info yet. Its version makes a
+        # tempfile.mkdtemp() folder before finding GCS off and never removes it: one stray /tmp folder per build.
+        return None
+
+
 class _ExamplesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Writes an iterator of ``(key, example)`` pairs as one split of a TFDS dataset.
 
@@ -52,7 +61,7 @@ class _ExamplesBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _info(self) -> tfds.core.DatasetInfo:
         # disable_shuffling: records stay in key order, so record i is the i-th input.
-        return tfds.core.DatasetInfo(builder=self, disable_shuffling=True, **self._info_kwargs)
+        return _LocalDatasetInfo(builder=self, disable_shuffling=True, **self._info_kwargs)
 
     def _split_generators(self, dl_manager: Any) -> Mapping[str, Iterator[tuple[int, dict[str, Any]]]]:
         del dl_manager
