@@ -20,8 +20,8 @@ Metrics (``--metrics``, comma-separated):
     pr_inception            precision / recall in Inception pool3 features against ``--reference`` images
                             (an ADM reference batch holding ``arr_0``, or a data source).
 
-Sampling flags are those of ``launch.sample`` (``--sampler --steps --order --guidance_scale --amm --use_ema
---labels --seed --step --vae``). Writes a JSON report (``--report``, default
+Sampling flags are those of ``launch.sample`` (``--sampler --steps --order --variant --skip_type --algorithm
+--guidance_scale --amm --use_ema --labels --seed --step --vae``). Writes a JSON report (``--report``, default
 ``WORKDIR/eval_<sampler>_<steps>.json``) and optionally the samples in the ADM evaluator's ``.npz`` layout.
 """
 
@@ -197,7 +197,8 @@ def main(argv):
     try:
         config, model, diffusion, state, step, mesh = sample_lib.load_run(workdir, f.step)
         sampling = {name: sample_lib.option(name, config) for name in ("sampler", "steps", "order", "variant",
-                                                                       "guidance_scale", "amm")}
+                                                                       "skip_type", "algorithm", "guidance_scale",
+                                                                       "amm")}
         use_ema, num = sample_lib.option("use_ema", config), sample_lib.option("num_samples", config)
         vae = builders.build_vae(config, f.vae) if model.in_channels not in (1, 3) else None
         labels = np.array([int(v) for v in f.labels.split(",")]) if f.labels else None

@@ -24,6 +24,7 @@ from PIL import Image
 
 from edt_jax import samplers
 from edt_jax.diffusion import NoiseScheduleVP
+from edt_jax.diffusion.schedules import SKIP_TYPES
 from edt_jax.training import sharding
 from edt_jax.training.checkpoint import CONFIG_FILENAME, Checkpointer
 from edt_jax.training.train_state import abstract_train_state
@@ -35,6 +36,10 @@ builders.define_flag(flags.DEFINE_enum, "sampler", None, SAMPLERS, "sampler (def
 builders.define_flag(flags.DEFINE_integer, "steps", None, "sampling steps (model calls)")
 builders.define_flag(flags.DEFINE_integer, "order", None, "solver order for unipc / dpm_solver")
 builders.define_flag(flags.DEFINE_enum, "variant", None, ["bh1", "bh2"], "UniPC variant (default bh1)")
+builders.define_flag(flags.DEFINE_enum, "skip_type", None, list(SKIP_TYPES),
+                     "time grid of unipc / dpm_solver / ddim (default time_uniform)")
+builders.define_flag(flags.DEFINE_enum, "algorithm", None, ["dpmsolver", "dpmsolver++"],
+                     "dpm_solver's algorithm (default dpmsolver++: data prediction)")
 builders.define_flag(flags.DEFINE_float, "guidance_scale", None, "classifier-free guidance scale (1 = no guidance)")
 builders.define_flag(flags.DEFINE_integer, "num_samples", None, "number of images")
 builders.define_flag(flags.DEFINE_string, "labels", None, "comma-separated class labels (cycled); default random")
@@ -77,9 +82,11 @@ def load_run(workdir: Path, step: int | None):
 
 
 def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, guidance_scale: float, amm: bool,
-                   mesh, variant: str | None = None):
+                   mesh, variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None):
     """``generate_batch(params, labels (N,), seed) -> samples (N, H, W, C)`` (numpy), compiled once per N and
-    reused for every batch; the batch is sharded over the mesh's batch axes."""
+    reused for every batch; the batch is sharded over the mesh's batch axes. ``variant`` (UniPC), ``skip_type``
+    and ``algorithm`` (DPM-Solver) default to the samplers' own defaults when None."""
+    grid = {"skip_type": skip_type} if skip_type else {}
     ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
 
     @jax.jit
@@ -98,10 +105,11 @@ def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, gu
         else:
             model_fn = samplers.model_wrapper(lambda x, t: net(x, t, labels), ns, learned_sigma=model.learn_sigma)
         if sampler == "unipc":
-            return samplers.unipc(model_fn, x_T, ns, steps=steps, order=order, variant=variant or "bh1")
+            return samplers.unipc(model_fn, x_T, ns, steps=steps, order=order, variant=variant or "bh1", **grid)
         if sampler == "dpm_solver":
-            return samplers.dpm_solver(model_fn, x_T, ns, steps=steps, order=order)
-        return samplers.ddim(model_fn, x_T, ns, steps=steps)
+            return samplers.dpm_solver(model_fn, x_T, ns, steps=steps, order=order,
+                                       algorithm=algorithm or "dpmsolver++", **grid)
+        return samplers.ddim(model_fn, x_T, ns, steps=steps, **grid)
 
     def generate_batch(params, labels: np.ndarray, seed: int) -> np.ndarray:
         labels = jax.device_put(jnp.asarray(labels, jnp.int32), sharding.batch_sharding(mesh))
@@ -176,6 +184,7 @@ def main(argv):
         samples = generate(model, diffusion, state.ema_params if use_ema else state.params, labels,
                            sampler=option("sampler", config), steps=option("steps", config),
                            order=option("order", config), variant=option("variant", config),
+                           skip_type=option("skip_type", config), algorithm=option("algorithm", config),
                            guidance_scale=option("guidance_scale", config),
                            amm=option("amm", config), seed=f.seed, mesh=mesh)[:num]
         latents = None

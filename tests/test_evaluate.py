@@ -83,3 +83,20 @@ def test_fid_path_with_recipe_weights(tmp_path):
     assert result["precision_inception"] == 1 and result["recall_inception"] == 1
     with pytest.raises(ValueError, match="needs the fc head"):
         compute_metrics(images, ["is"], inception_weights=str(tmp_path / "inception.npz"))
+
+
+def test_generator_passes_the_time_grid_and_algorithm_to_the_solver(tiny_run):
+    from launch import sample
+
+    config, model, diffusion, state, _, mesh = sample.load_run(tiny_run, None)
+    labels = np.arange(8) % 3  # the test session has 8 CPU devices
+
+    def draw(**options):
+        generate = sample.make_generator(model, diffusion, sampler="dpm_solver", steps=3, order=2,
+                                         guidance_scale=1.0, amm=True, mesh=mesh, **options)
+        return generate(state.params, labels, 7)
+
+    default = draw()
+    np.testing.assert_array_equal(draw(skip_type="time_uniform", algorithm="dpmsolver++"), default)
+    assert np.max(np.abs(draw(skip_type="logSNR") - default)) > 1e-4
+    assert np.max(np.abs(draw(algorithm="dpmsolver") - default)) > 1e-4
