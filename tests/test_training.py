@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import shapes_edt_tiny
+from configs import shapes_dit_tiny, shapes_edt_tiny
 from edt_jax.training import sharding
 from edt_jax.training.checkpoint import Checkpointer
 from edt_jax.training.step import compile_train_step, make_train_step
@@ -158,6 +158,16 @@ def test_bad_configs_fail_in_one_line(tmp_path, overrides, message):
     assert "\n" not in str(info.value)
 
 
+def test_dit_baseline_trains_and_refuses_the_masked_pass(tmp_path):
+    config = shapes_dit_tiny.get_config("test")
+    config.total_steps, config.log_every_steps = 2, 1
+    run(config, str(tmp_path / "dit"))
+    assert sorted(losses(tmp_path / "dit")) == [1, 2]
+    config.loss.masked_pass = True
+    with pytest.raises(ValueError, match="loss.masked_pass=True needs an EDT model .* got DiT"):
+        run(config, str(tmp_path / "masked"))
+
+
 def launch_two_processes(workdir: Path, *overrides: str) -> list[subprocess.Popen]:
     """jax.distributed over 127.0.0.1 with gloo CPU collectives: 2 processes x 2 devices, one shared workdir."""
     import socket
@@ -174,9 +184,11 @@ def launch_two_processes(workdir: Path, *overrides: str) -> list[subprocess.Pope
 
 def test_two_processes_train_and_sigterm_to_one_stops_both_at_the_same_step(tmp_path):
     """Two processes train and write one checkpoint; a scheduler may signal one host only, and then both
-    must save the same step and exit (none may hang in a collective)."""
+    must save the same step and exit (none may hang in a collective). The loss-aware timestep sampler
+    must learn from both processes' losses."""
     procs = launch_two_processes(tmp_path, "--config.total_steps=100000", "--config.log_every_steps=1",
-                                 "--config.checkpoint_every_steps=100000", "--config.loss.masked_pass=False")
+                                 "--config.checkpoint_every_steps=100000", "--config.loss.masked_pass=False",
+                                 "--config.diffusion.timestep_sampler=loss-second-moment")
     wait_for_step(procs[0], tmp_path, 3)
     procs[1].send_signal(signal.SIGTERM)
     outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
@@ -188,3 +200,7 @@ def test_two_processes_train_and_sigterm_to_one_stops_both_at_the_same_step(tmp_
     assert sorted(losses(tmp_path)) == list(range(1, saved + 1))  # one metrics writer, every step once
     assert f"received signal {int(signal.SIGTERM)}: saving step {saved} and stopping" in outputs[1]
     assert f"another process was signalled: saving step {saved} and stopping" in outputs[0]
+    # orbax's JsonSave writes the dict to <step>/extra/metadata. The global batch is 16 (8 per process)
+    # and no timestep is drawn 10 times in so few steps, so every (t, loss) pair of both processes is kept.
+    sampler = json.loads((tmp_path / "checkpoints" / str(saved) / "extra" / "metadata").read_text())
+    assert sum(sampler["timestep_sampler"]["loss_counts"]) == 16 * saved
