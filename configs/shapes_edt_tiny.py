@@ -27,10 +27,14 @@ def get_config(arg=None):
     # EDT's masked pass doubles the cost of a step; at equal steps it matched the plain pass here (full-pass
     # mse 0.0089 vs 0.0091 at step 1500), so on a CPU budget the plain pass trains twice as many steps.
     c.loss.masked_pass = False
-    c.optimizer.update(dict(name="adan", learning_rate=3e-3, weight_decay=0.0, schedule="constant"))
+    # A linear decay to 1e-5 over the run: FD 486 vs 516 with the constant rate (same protocol), and about half
+    # the held-out eps error at t = 50 in an earlier 1500-step comparison (0.10 vs 0.19).
+    c.optimizer.update(dict(name="adan", learning_rate=3e-3, weight_decay=0.0, schedule="linear_decay",
+                            end_learning_rate=1e-5, decay_steps=c.total_steps))
     c.sample.update(dict(steps=20, num_samples=64, guidance_scale=1.0))
     if arg == "test":  # the test suite's variant: a few steps of a narrower model, masked pass on
         c.total_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 12, 16, 2, 4
+        c.optimizer.decay_steps = c.total_steps
         c.model.update(dict(dims=(32, 32, 32, 32, 32), num_heads=(2, 2, 2, 2, 2)))
         c.loss.masked_pass = True
     return c
