@@ -5,7 +5,7 @@
 Every (sampler, NFE, guidance) cell generates ``--num_samples`` samples per seed from the same checkpoint and
 reports the mean and spread (min-max over seeds) of the offline Frechet distance in the shipped classifier's
 features (not FID; lower is better; the dataset against itself scores about 47 at 512 samples on shapes).
-Writes ``benchmarks/results/quality_<dataset>_<backend>.md/.json`` and, when matplotlib is installed, a plot.
+Writes ``benchmarks/results/quality_<dataset>_<backend>[_<tag>].md/.json`` and, when matplotlib is installed, a plot.
 """
 
 from __future__ import annotations
@@ -37,6 +37,23 @@ SAMPLERS = {
 }
 
 
+def score_samples(run, extractor, reference, num_samples: int, batch_size: int, seeds: list[int],
+                  **sampling) -> dict[str, list[float]]:
+    """Per sampling seed: the Frechet distance of ``num_samples`` samples (random labels) to ``reference``
+    in ``extractor``'s features, and the fraction the extractor classifies as the label they were drawn for.
+
+    ``run`` is ``launch.evaluate.generate_samples``'s (config, model, diffusion, params, mesh); ``sampling``
+    holds ``launch.sample.make_generator``'s keyword arguments.
+    """
+    class_head = extractor.spec.heads[0][0]  # the dataset's class: shape or digit
+    scores = {"fd": [], "accuracy": []}
+    for seed in seeds:
+        images, labels = evaluate.generate_samples(run, num_samples, batch_size, labels=None, seed=seed, **sampling)
+        scores["fd"].append(FeatureStats.from_features(extractor.features(images)).frechet_distance(reference))
+        scores["accuracy"].append(float(np.mean(extractor.predict(images)[class_head] == labels)))
+    return scores
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a launch.train run on shapes or mnist5k")
@@ -49,6 +66,7 @@ def main() -> None:
     parser.add_argument("--guidance", default="1.0", help="comma-separated classifier-free guidance scales")
     parser.add_argument("--amm", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--tag", default="", help="appended to the results' file names")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     nfes = [int(n) for n in args.nfe.split(",")]
@@ -69,25 +87,27 @@ def main() -> None:
             for nfe in nfes:
                 if nfe < order:
                     continue
-                scores = []
-                for seed in seeds:
-                    images, _ = evaluate.generate_samples(
-                        run, args.num_samples, args.batch_size, labels=None, seed=seed, sampler=sampler, steps=nfe,
-                        order=order, variant=variant, guidance_scale=guidance, amm=args.amm)
-                    scores.append(FeatureStats.from_features(extractor.features(images)).frechet_distance(reference))
-                cells.append(dict(sampler=label, guidance=guidance, nfe=nfe, fd=scores))
-                print(f"{label:16s} guidance {guidance:g} NFE {nfe:3d}: FD {np.mean(scores):8.1f} "
-                      f"({min(scores):.1f}-{max(scores):.1f})", flush=True)
+                scores = score_samples(run, extractor, reference, args.num_samples, args.batch_size, seeds,
+                                       sampler=sampler, steps=nfe, order=order, variant=variant,
+                                       guidance_scale=guidance, amm=args.amm)
+                cells.append(dict(sampler=label, guidance=guidance, nfe=nfe, **scores))
+                print(f"{label:16s} guidance {guidance:g} NFE {nfe:3d}: FD {np.mean(scores['fd']):8.1f} "
+                      f"({min(scores['fd']):.1f}-{max(scores['fd']):.1f}), class accuracy "
+                      f"{np.mean(scores['accuracy']):.3f}", flush=True)
 
     header = ["sampler", "guidance"] + [f"NFE {n}" for n in nfes]
-    rows = []
-    for key in args.samplers.split(","):
-        for guidance in guidances:
-            row = [c for c in cells if c["sampler"] == SAMPLERS[key][0] and c["guidance"] == guidance]
-            by_nfe = {c["nfe"]: c["fd"] for c in row}
-            rows.append([SAMPLERS[key][0], f"{guidance:g}"] + [
-                f"{np.mean(by_nfe[n]):.1f} ({min(by_nfe[n]):.0f}-{max(by_nfe[n]):.0f})" if n in by_nfe else "-"
-                for n in nfes])
+
+    def table(metric: str, digits: int) -> str:
+        rows = []
+        for key in args.samplers.split(","):
+            for guidance in guidances:
+                row = [c for c in cells if c["sampler"] == SAMPLERS[key][0] and c["guidance"] == guidance]
+                by_nfe = {c["nfe"]: c[metric] for c in row}
+                rows.append([SAMPLERS[key][0], f"{guidance:g}"] + [
+                    f"{np.mean(by_nfe[n]):.{digits}f} ({min(by_nfe[n]):.{digits}f}-{max(by_nfe[n]):.{digits}f})"
+                    if n in by_nfe else "-" for n in nfes])
+        return md_table(header, rows)
+
     report = "\n".join([
         f"# Sample quality vs NFE ({extractor.metric_name}, lower is better)", "",
         f"- machine: {machine_info()}",
@@ -96,11 +116,13 @@ def main() -> None:
         f"{'on' if args.amm else 'off'}), {args.num_samples} samples per seed, seeds {seeds}, random labels",
         f"- cells: mean over seeds (min-max); reference: {extractor.metric_name} statistics of "
         f"{reference.count} dataset images; the dataset against itself scores about 47 at 512 samples",
-        f"- total runtime: {time.time() - start:.0f} s", "", md_table(header, rows), ""])
+        f"- total runtime: {time.time() - start:.0f} s", "", f"## {extractor.metric_name}", "", table("fd", 0), "",
+        "## Class accuracy (the classifier's class equals the label the sample was drawn for; chance 1/classes)", "",
+        table("accuracy", 2), ""])
     print(report)
     import jax
 
-    stem = f"quality_{args.dataset}_{jax.default_backend()}"
+    stem = f"quality_{args.dataset}_{jax.default_backend()}{'_' + args.tag if args.tag else ''}"
     path = write_results(args.out, stem, report, dict(cells=cells, step=step, seeds=seeds))
     try:
         import matplotlib
