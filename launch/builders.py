@@ -109,7 +109,10 @@ def build_loss_config(config: ml_collections.ConfigDict, model) -> LossConfig:
 
 
 def build_optimizer(config: ml_collections.ConfigDict):
+    """``config.optimizer``'s optax transformation; ``decay_steps=None`` decays over the run's ``total_steps``."""
     opt = to_plain(config.optimizer)
+    if "decay_steps" in opt and opt["decay_steps"] is None:
+        opt["decay_steps"] = config.total_steps
     return create_optimizer(opt.pop("name"), opt.pop("learning_rate"), **opt)
 
 
