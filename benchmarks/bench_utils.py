@@ -50,3 +50,10 @@ def write_results(out_dir: str | Path, stem: str, report: str, payload) -> Path:
     (out / f"{stem}.md").write_text(report)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     return out / f"{stem}.md"
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    """'mean (min-max)' of a list of numbers; the value alone when there is one."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{sum(values) / len(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"

@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ and configs/ live at the repo root
 
-from bench_utils import machine_info, md_table, write_results  # noqa: E402
+from bench_utils import machine_info, md_table, spread, write_results  # noqa: E402
 
 from edt_jax.metrics import extractors  # noqa: E402
 from edt_jax.metrics.frechet import FeatureStats  # noqa: E402
@@ -112,8 +112,7 @@ def main() -> None:
                 row = [c for c in cells if c["sampler"] == SAMPLERS[key][0] and c["guidance"] == guidance]
                 by_nfe = {c["nfe"]: c[metric] for c in row}
                 rows.append([SAMPLERS[key][0], f"{guidance:g}"] + [
-                    f"{np.mean(by_nfe[n]):.{digits}f} ({min(by_nfe[n]):.{digits}f}-{max(by_nfe[n]):.{digits}f})"
-                    if n in by_nfe else "-" for n in nfes])
+                    spread(by_nfe[n], digits) if n in by_nfe else "-" for n in nfes])
         return md_table(header, rows)
 
     report = "\n".join([
