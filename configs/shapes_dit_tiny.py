@@ -7,13 +7,15 @@ tiny EDT's parameters (1.07 M vs 1.03 M) and 3.3x its FLOPs (48.5 vs 14.7 M mult
 same relation as DiT-S/2 to EDT-S/2 in the paper. ``benchmarks/ablations.py`` trains both.
 """
 
+import ml_collections
+
 from configs.shapes_edt_tiny import get_config as edt_config
 
 
 def get_config(arg=None):
     c = edt_config(arg)
-    c.model = c.model.__class__(dict(name="DiT", hidden_size=96, depth=6, num_heads=3, patch_size=4, input_size=32,
-                                     in_channels=3, num_classes=3, dtype=c.model.dtype))
+    c.model = ml_collections.ConfigDict(dict(name="DiT", hidden_size=96, depth=6, num_heads=3, patch_size=4,
+                                             input_size=32, in_channels=3, num_classes=3, dtype=c.model.dtype))
     if arg == "test":
         c.model.update(dict(hidden_size=32, depth=2, num_heads=2))
     c.loss.masked_pass = False  # token masking is EDT's; DiT has no masked pass
