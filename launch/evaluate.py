@@ -74,6 +74,7 @@ def generate_samples(run, num: int, batch_size: int, *, labels: np.ndarray | Non
     if labels is None:
         labels = rng.integers(0, model.num_classes, num)
     labels = np.resize(labels, num)
+    sampling.setdefault("prediction", config.loss.prediction)
     generate_batch = sample_lib.make_generator(model, diffusion, mesh=mesh, **sampling)
     decode = sample_lib.make_decoder(*vae, mesh) if vae is not None else None
     images, start = [], time.time()

@@ -23,6 +23,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from edt_jax import samplers
+from edt_jax.checks import check_choice
 from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.diffusion.schedules import SKIP_TYPES
 from edt_jax.training import sharding
@@ -31,6 +32,8 @@ from edt_jax.training.train_state import abstract_train_state
 from launch import builders
 
 SAMPLERS = ("unipc", "dpm_solver", "ddim", "ddpm")
+# The training loss's name for what the network predicts -> the samplers' name for it.
+MODEL_TYPE_OF_PREDICTION = {"eps": "noise", "x0": "x_start", "v": "v"}
 builders.define_flag(flags.DEFINE_string, "workdir", None, "training run directory (checkpoints/ and config.json)")
 builders.define_flag(flags.DEFINE_enum, "sampler", None, SAMPLERS, "sampler (default: the config's sample.sampler)")
 builders.define_flag(flags.DEFINE_integer, "steps", None, "sampling steps (model calls)")
@@ -82,10 +85,14 @@ def load_run(workdir: Path, step: int | None):
 
 
 def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, guidance_scale: float, amm: bool,
-                   mesh, variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None):
+                   mesh, variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None,
+                   prediction: str = "eps"):
     """``generate_batch(params, labels (N,), seed) -> samples (N, H, W, C)`` (numpy), compiled once per N and
     reused for every batch; the batch is sharded over the mesh's batch axes. ``variant`` (UniPC), ``skip_type``
-    and ``algorithm`` (DPM-Solver) default to the samplers' own defaults when None."""
+    and ``algorithm`` (DPM-Solver) default to the samplers' own defaults when None. ``prediction`` is what the
+    network was trained to predict (the run's ``loss.prediction``: eps, x0 or v)."""
+    check_choice("prediction", prediction, tuple(MODEL_TYPE_OF_PREDICTION))
+    model_type = MODEL_TYPE_OF_PREDICTION[prediction]
     grid = {"skip_type": skip_type} if skip_type else {}
     ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
 
@@ -97,13 +104,16 @@ def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, gu
         x_T = jax.random.normal(key, (labels.shape[0], model.input_size, model.input_size, model.in_channels))
         if sampler == "ddpm":  # ADM ancestral sampling, learned-range variance, no guidance
             return samplers.ddpm(lambda x, t: net(x, t, labels), x_T, jax.random.fold_in(key, 1), diffusion,
-                                 steps=steps, variance="learned_range" if model.learn_sigma else "fixed_small")
+                                 steps=steps, variance="learned_range" if model.learn_sigma else "fixed_small",
+                                 model_type=model_type)
         if guidance_scale != 1.0:  # one batched call on [null; labels] per step
             model_fn = samplers.model_wrapper(net, ns, guidance_type="classifier-free", condition=labels,
                                               unconditional_condition=jnp.full_like(labels, model.num_classes),
-                                              guidance_scale=guidance_scale, learned_sigma=model.learn_sigma)
+                                              guidance_scale=guidance_scale, learned_sigma=model.learn_sigma,
+                                              model_type=model_type)
         else:
-            model_fn = samplers.model_wrapper(lambda x, t: net(x, t, labels), ns, learned_sigma=model.learn_sigma)
+            model_fn = samplers.model_wrapper(lambda x, t: net(x, t, labels), ns, learned_sigma=model.learn_sigma,
+                                              model_type=model_type)
         if sampler == "unipc":
             return samplers.unipc(model_fn, x_T, ns, steps=steps, order=order, variant=variant or "bh1", **grid)
         if sampler == "dpm_solver":
@@ -186,7 +196,8 @@ def main(argv):
                            order=option("order", config), variant=option("variant", config),
                            skip_type=option("skip_type", config), algorithm=option("algorithm", config),
                            guidance_scale=option("guidance_scale", config),
-                           amm=option("amm", config), seed=f.seed, mesh=mesh)[:num]
+                           amm=option("amm", config), prediction=config.loss.prediction, seed=f.seed,
+                           mesh=mesh)[:num]
         latents = None
         if model.in_channels not in (1, 3):  # a latent-space model
             built = builders.build_vae(config, f.vae)
