@@ -49,7 +49,12 @@ def launch_train(workdir: Path, *overrides: str, **popen) -> subprocess.Popen:
 
 
 def test_loss_decreases(tmp_path):
-    result = run(tiny_config(total_steps=40, log_every_steps=1, checkpoint_every_steps=40), str(tmp_path))
+    config = tiny_config(total_steps=40, log_every_steps=1, checkpoint_every_steps=40)
+    # eps prediction: its loss starts near 1 (unit noise) and falls within a few dozen steps. The recipe's v loss
+    # starts near the data's variance (about 0.25 here) and takes hundreds of steps to clear the batch noise of
+    # 16 random timesteps (measured: 0.254 -> 0.253 over 40 steps, 0.242 over 80).
+    config.loss.prediction = "eps"
+    result = run(config, str(tmp_path))
     curve = [r["loss"] for r in result.history]
     assert len(curve) == 40 and np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])
 
