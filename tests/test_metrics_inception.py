@@ -102,9 +102,9 @@ def test_converter_names_every_problem(recipe):
     state["blocks.0.0.conv.weight"] = np.zeros((32, 3, 5, 5), np.float32)
     state["blocks.9.extra.weight"] = np.zeros(3, np.float32)
     message = (r"pytorch_fid InceptionV3 \(blocks\.\*\) names: "
-               r"missing 1 \[blocks\.3\.2\.branch_pool\.bn\.running_var\]; "
-               r"mis-shaped 1 \[blocks\.0\.0\.conv\.weight \(32, 3, 5, 5\) \(expected \(32, 3, 3, 3\)\)\]; "
-               r"unexpected 1 \[blocks\.9\.extra\.weight\]")
+               r"1 missing: blocks\.3\.2\.branch_pool\.bn\.running_var; "
+               r"1 mis-shaped: blocks\.0\.0\.conv\.weight \(32, 3, 5, 5\) \(needs \(32, 3, 3, 3\)\); "
+               r"1 unexpected: blocks\.9\.extra\.weight$")
     with pytest.raises(ValueError, match=message):
         inception_params_from_torch(state, recipe["net"])
 

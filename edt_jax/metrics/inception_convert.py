@@ -26,9 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from edt_jax.models.convert import load_state_dict, official_shape, to_flax_layout
+from edt_jax.models.convert import load_state_dict, match_state_dict, mismatch_report, strip_module_prefix
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_RELEASES = "https://github.com/mseitzer/pytorch-fid/releases"
@@ -74,40 +73,19 @@ def inception_params_from_torch(state_dict: Mapping[str, np.ndarray], net: nn.Mo
     Returns float32 variables. Raises one ``ValueError`` naming every missing, mis-shaped and
     unexpected tensor.
     """
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+    state = strip_module_prefix(state_dict)
     wrapper = any(k.startswith("blocks.") for k in state)
-    with_fc = any(k.startswith("fc.") for k in state)
-    variables: dict[str, dict] = {}
-    missing, misshaped, seen = [], [], set()
-    for collection, tree in abstract_variables(net).items():
-        flat = {}
-        for path, leaf in traverse_util.flatten_dict(tree).items():
-            if path[0] == "fc" and not with_fc:
-                continue
-            key = torch_name(path, wrapper)
-            if key not in state:
-                missing.append(key)
-                continue
-            seen.add(key)
-            array = to_flax_layout(np.asarray(state[key]), path[-1])
-            if array.shape != tuple(leaf.shape):
-                misshaped.append(f"{key} {tuple(np.shape(state[key]))} (expected "
-                                 f"{official_shape(tuple(leaf.shape), path[-1])})")
-                continue
-            flat[path] = jnp.asarray(array, dtype=leaf.dtype)
-        variables[collection] = traverse_util.unflatten_dict(flat)
-    unexpected = sorted(k for k in state if k not in seen and not IGNORED.search(k))
-    if missing or misshaped or unexpected:
+    abstract = abstract_variables(net)
+    if not any(k.startswith("fc.") for k in state):
+        abstract = {collection: {k: v for k, v in tree.items() if k != "fc"} for collection, tree in abstract.items()}
+    # Paths are (collection, module, ..., leaf); the PyTorch name leaves the collection out.
+    match = match_state_dict(state, abstract, lambda path: torch_name(path[1:], wrapper), ignore=IGNORED)
+    problems = mismatch_report(match)
+    if problems:
         scheme = "pytorch_fid InceptionV3 (blocks.*)" if wrapper else "torchvision Inception3"
-        problems = "; ".join(f"{label} {_listing(items)}" for label, items in
-                             (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)) if items)
         raise ValueError(f"state dict does not fit the FID Inception-v3 with {scheme} names: {problems}")
-    return variables
-
-
-def _listing(items: list[str], limit: int = 5) -> str:
-    shown = ", ".join(items[:limit])
-    return f"{len(items)} [{shown}{', ...' if len(items) > limit else ''}]"
+    variables = match.nested()
+    return {collection: variables.get(collection, {}) for collection in abstract}
 
 
 def load_inception_weights(path: str | Path) -> dict[str, np.ndarray]:

@@ -14,8 +14,9 @@ Files: ``load_state_dict(path)`` reads ``.npz`` and ``.safetensors`` without tor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import flax.linen as nn
@@ -54,6 +55,77 @@ def to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
     return array
 
 
+@dataclasses.dataclass
+class TensorMatch:
+    """What ``match_state_dict`` found: the converted arrays and every kind of mismatch."""
+
+    params: dict  # flat Flax path -> array in the variable's dtype
+    missing: list[tuple[str, tuple[str, ...]]]  # (looked-up name, Flax path) with no tensor
+    misshaped: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # (key, its shape, the shape needed)
+    unexpected: list[str]  # state-dict keys nothing asked for (sorted)
+
+    def nested(self) -> dict:
+        return traverse_util.unflatten_dict(self.params)
+
+
+def strip_module_prefix(state_dict: Mapping[str, np.ndarray]) -> dict:
+    """Drop the ``module.`` prefix DistributedDataParallel puts on every key."""
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
+
+
+def match_state_dict(state_dict: Mapping[str, np.ndarray], abstract: Mapping, name_of: Callable[[tuple], str], *,
+                     fallback_name: Callable[[str], str | None] | None = None,
+                     adapt: Callable[[np.ndarray, tuple[int, ...]], np.ndarray] | None = None,
+                     ignore: re.Pattern | None = None) -> TensorMatch:
+    """Look every variable of the Flax tree ``abstract`` up in a PyTorch state dict, by name, and check shapes.
+
+    The mapping is driven by the Flax tree, so every variable the module needs is accounted for.
+
+    Args:
+      state_dict: PyTorch name -> array (numpy, or anything ``np.asarray`` accepts); ``module.`` is stripped.
+      abstract: nested tree of shape/dtype structs (e.g. from ``jax.eval_shape``).
+      name_of: Flax path -> PyTorch name.
+      fallback_name: a second name to try when the first is absent (older checkpoints), or None.
+      adapt: ``adapt(tensor, needed_shape)`` rewrites a tensor before the layout change (e.g. a 1x1 conv
+        stored for a Linear).
+      ignore: keys matching it are never reported as unexpected (buffers that are recomputed).
+    """
+    state = strip_module_prefix(state_dict)
+    match = TensorMatch({}, [], [], [])
+    used = set()
+    for path, leaf in traverse_util.flatten_dict(abstract).items():
+        name = name_of(path)
+        key = name if name in state or fallback_name is None else fallback_name(name)
+        if key not in state:
+            match.missing.append((name, path))
+            continue
+        used.add(key)
+        raw = np.asarray(state[key])
+        array = to_flax_layout(adapt(raw, tuple(leaf.shape)) if adapt else raw, path[-1])
+        if array.shape != tuple(leaf.shape):
+            match.misshaped.append((key, tuple(raw.shape), official_shape(tuple(leaf.shape), path[-1])))
+            continue
+        match.params[path] = jnp.asarray(array, dtype=leaf.dtype)
+    match.unexpected = sorted(k for k in state if k not in used and not (ignore and ignore.search(k)))
+    return match
+
+
+def mismatch_report(match: TensorMatch, limit: int = 5) -> str:
+    """'1 missing: a; 2 mis-shaped: b (8, 3) (needs (3, 8)), c ...; 9 unexpected: d, e, ... (4 more)', or ''.
+
+    Names at most ``limit`` tensors per kind, for one-line error messages.
+    """
+    kinds = (("missing", [name for name, _ in match.missing]),
+             ("mis-shaped", [f"{key} {shape} (needs {needed})" for key, shape, needed in match.misshaped]),
+             ("unexpected", match.unexpected))
+    parts = []
+    for label, names in kinds:
+        if names:
+            more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+            parts.append(f"{len(names)} {label}: " + ", ".join(names[:limit]) + more)
+    return "; ".join(parts)
+
+
 def edt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module) -> dict:
     """Flax ``params`` for ``model`` (EDT or DiT from ``create_model``) from an official state dict.
 
@@ -65,25 +137,18 @@ def edt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module
     Returns the nested params dict (float arrays in the model's ``param_dtype``). Raises a one-line
     ``ValueError`` naming the first missing, mis-shaped or unexpected tensor.
     """
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-    abstract = abstract_params(model)
-    params = {}
-    used = set()
-    for path, leaf in traverse_util.flatten_dict(abstract).items():
-        key = official_name(path)
-        if key not in state:
-            raise ValueError(f"state dict has no tensor {key!r} (needed for {'/'.join(path)}); "
-                             f"is it a checkpoint of this model configuration?")
-        array = to_flax_layout(np.asarray(state[key]), path[-1])
-        if array.shape != tuple(leaf.shape):
-            raise ValueError(f"tensor {key!r} has shape {tuple(np.asarray(state[key]).shape)}, but this model needs "
-                             f"{official_shape(leaf.shape, path[-1])}")
-        params[path] = jnp.asarray(array, dtype=leaf.dtype)
-        used.add(key)
-    unexpected = sorted(k for k in state if k not in used and not FROZEN_BUFFERS.search(k))
-    if unexpected:
-        raise ValueError(f"state dict has {len(unexpected)} tensor(s) this model does not use, e.g. {unexpected[0]!r}")
-    return traverse_util.unflatten_dict(params)
+    match = match_state_dict(state_dict, abstract_params(model), official_name, ignore=FROZEN_BUFFERS)
+    if match.missing:
+        key, path = match.missing[0]
+        raise ValueError(f"state dict has no tensor {key!r} (needed for {'/'.join(path)}); "
+                         f"is it a checkpoint of this model configuration?")
+    if match.misshaped:
+        key, shape, needed = match.misshaped[0]
+        raise ValueError(f"tensor {key!r} has shape {shape}, but this model needs {needed}")
+    if match.unexpected:
+        raise ValueError(f"state dict has {len(match.unexpected)} tensor(s) this model does not use, "
+                         f"e.g. {match.unexpected[0]!r}")
+    return match.nested()
 
 
 def official_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:

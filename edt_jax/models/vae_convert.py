@@ -22,17 +22,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from edt_jax.models.convert import load_state_dict, official_shape, to_flax_layout
+from edt_jax.models.convert import load_state_dict, match_state_dict, mismatch_report
 
 # Current diffusers name -> the name older checkpoints use for the same tensor.
 OLD_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 
 # Files of a diffusers VAE folder, in order of preference.
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-
-_SHOWN = 5  # names listed per kind of mismatch in an error message
 
 
 def diffusers_name(path: tuple[str, ...]) -> str:
@@ -67,37 +64,21 @@ def vae_params_from_torch(state_dict: Mapping[str, np.ndarray], vae: nn.Module) 
     Returns the nested params dict in the module's ``param_dtype``. Raises one one-line ``ValueError``
     naming the missing, mis-shaped and unexpected tensors.
     """
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state_dict.items()}
-    params, used, missing, misshaped = {}, set(), [], []
-    for path, leaf in traverse_util.flatten_dict(abstract_vae_params(vae)).items():
-        name = diffusers_name(path)
-        key = name if name in state else _old_name(name)
-        if key not in state:
-            missing.append(name)
-            continue
-        used.add(key)
-        raw = np.asarray(state[key])
-        array = raw
-        if path[-1] == "kernel" and len(leaf.shape) == 2 and raw.ndim == 4 and raw.shape[2:] == (1, 1):
-            array = raw[:, :, 0, 0]  # attention projection stored as a 1x1 conv
-        array = to_flax_layout(array, path[-1])
-        if array.shape != tuple(leaf.shape):
-            misshaped.append(f"{key} {tuple(raw.shape)} (needs {official_shape(leaf.shape, path[-1])})")
-            continue
-        params[path] = jnp.asarray(array, dtype=leaf.dtype)
-    unexpected = sorted(k for k in state if k not in used)
-    if missing or misshaped or unexpected:
-        problems = [_listing(label, names) for label, names in
-                    (("missing", missing), ("mis-shaped", misshaped), ("unexpected", unexpected)) if names]
+    match = match_state_dict(state_dict, abstract_vae_params(vae), diffusers_name, fallback_name=_old_name,
+                             adapt=_squeeze_1x1_conv)
+    problems = mismatch_report(match)
+    if problems:
         raise ValueError(f"VAE state dict does not fit block_out_channels={tuple(vae.block_out_channels)}, "
                          f"layers_per_block={vae.layers_per_block}, norm_num_groups={vae.norm_num_groups}, "
-                         f"latent_channels={vae.latent_channels}: " + "; ".join(problems))
-    return traverse_util.unflatten_dict(params)
+                         f"latent_channels={vae.latent_channels}: {problems}")
+    return match.nested()
 
 
-def _listing(label: str, names: list[str]) -> str:
-    more = f", ... ({len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
-    return f"{len(names)} {label}: " + ", ".join(names[:_SHOWN]) + more
+def _squeeze_1x1_conv(tensor: np.ndarray, needed: tuple[int, ...]) -> np.ndarray:
+    """Some conversions store the attention projections as 1x1 convs (out, in, 1, 1): give the Linear (out, in)."""
+    if len(needed) == 2 and tensor.ndim == 4 and tensor.shape[2:] == (1, 1):
+        return tensor[:, :, 0, 0]
+    return tensor
 
 
 def find_vae_weights(path: str | Path) -> Path:
