@@ -96,10 +96,6 @@ def make_recover(model, params, diffusion, *, prediction: str, sampler: str, ste
     return recover
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    return np.round((np.asarray(images) + 1.0) * 127.5).astype(np.uint8)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a launch.train run on shapes or mnist5k")
@@ -130,14 +126,15 @@ def main() -> None:
     held = extractors.split_indices(args.dataset)[1]
     indices = np.sort(np.random.default_rng(args.seed).choice(held, min(args.num_images, len(held)), replace=False))
     images, factors = extractors.labelled_examples(args.dataset, indices)
-    x0 = jnp.asarray(images, jnp.float32) / 127.5 - 1.0
+    x0 = jnp.asarray(extractors.to_model_range(images))
     labels = jnp.asarray(factors[class_head], jnp.int32)
     params = state.ema_params if args.use_ema else state.params
     recover = make_recover(model, params, diffusion, prediction=config.loss.get("prediction", "eps"),
                            sampler=args.sampler, steps=args.steps, order=args.order, amm=args.amm)
 
     def head_scores(regenerated: np.ndarray) -> dict[str, float]:
-        return {k: float(v) for k, v in extractors.head_accuracy(extractor, to_uint8(regenerated), factors).items()}
+        pixels = sample.to_uint8(np.asarray(regenerated))
+        return {k: float(v) for k, v in extractors.head_accuracy(extractor, pixels, factors).items()}
 
     alphas_cumprod = np.asarray(diffusion.alphas_cumprod)
     rows = [dict(name="originals", t=None, snr=None, x0_mse=None, mse=0.0, accuracy=head_scores(x0))]
