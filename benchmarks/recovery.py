@@ -40,8 +40,6 @@ from edt_jax.diffusion.ddpm import predict_x0_from_eps, q_sample  # noqa: E402
 from edt_jax.metrics import extractors  # noqa: E402
 from launch import sample  # noqa: E402
 
-SAMPLERS = ("unipc", "dpm_solver", "ddim")
-
 
 def nearest_timestep(alphas_cumprod: np.ndarray, snr: float) -> int:
     """The discrete timestep whose SNR alpha_bar / (1 - alpha_bar) is nearest ``snr`` in log space."""
@@ -78,12 +76,7 @@ def make_recover(model, params, diffusion, *, prediction: str, sampler: str, ste
                 x_t = q_sample(diffusion, x0, t_vec, noise)
                 eps = model_fn(x_t, jnp.full((x0.shape[0],), t_start))
                 estimate = predict_x0_from_eps(diffusion, x_t, t_vec, eps)
-            if sampler == "unipc":
-                out = samplers.unipc(model_fn, x_t, ns, steps=n_steps, order=order, t_start=t_start)
-            elif sampler == "dpm_solver":
-                out = samplers.dpm_solver(model_fn, x_t, ns, steps=n_steps, order=order, t_start=t_start)
-            else:
-                out = samplers.ddim(model_fn, x_t, ns, steps=n_steps, t_start=t_start)
+            out = sample.solve(sampler, model_fn, x_t, ns, steps=n_steps, order=order, t_start=t_start)
             return estimate, jnp.clip(out, -1.0, 1.0)
 
         return run
@@ -102,7 +95,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="shapes", choices=sorted(extractors.SPECS))
     parser.add_argument("--snr", default="10,3,1,0.3,0.1", help="comma-separated signal-to-noise ratios")
     parser.add_argument("--num_images", type=int, default=256, help="held-out images (a random subset)")
-    parser.add_argument("--sampler", default="unipc", choices=SAMPLERS)
+    parser.add_argument("--sampler", default="unipc", choices=sample.ODE_SAMPLERS)
     parser.add_argument("--steps", type=int, default=20, help="steps of a full run from pure noise")
     parser.add_argument("--order", type=int, default=2)
     parser.add_argument("--amm", action=argparse.BooleanOptionalAction, default=True)

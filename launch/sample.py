@@ -84,6 +84,27 @@ def load_run(workdir: Path, step: int | None):
     return config, model, builders.build_diffusion(config), state, step, mesh
 
 
+ODE_SAMPLERS = ("unipc", "dpm_solver", "ddim")
+
+
+def solve(sampler: str, model_fn, x: jax.Array, ns: NoiseScheduleVP, *, steps: int, order: int,
+          variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None,
+          t_start: float | None = None) -> jax.Array:
+    """Run the ODE solver ``sampler`` (one of ``ODE_SAMPLERS``) on ``model_fn`` (x, t -> eps) from ``x`` (B, ...)
+    at ``t_start`` (default T) down to the end of ``ns``. ``variant``, ``skip_type`` and ``algorithm`` default to
+    the samplers' own defaults when None."""
+    check_choice("sampler", sampler, ODE_SAMPLERS)
+    kwargs = {"skip_type": skip_type} if skip_type else {}
+    if t_start is not None:
+        kwargs["t_start"] = t_start
+    if sampler == "unipc":
+        return samplers.unipc(model_fn, x, ns, steps=steps, order=order, variant=variant or "bh1", **kwargs)
+    if sampler == "dpm_solver":
+        return samplers.dpm_solver(model_fn, x, ns, steps=steps, order=order, algorithm=algorithm or "dpmsolver++",
+                                   **kwargs)
+    return samplers.ddim(model_fn, x, ns, steps=steps, **kwargs)
+
+
 def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, guidance_scale: float, amm: bool,
                    mesh, variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None,
                    prediction: str = "eps"):
@@ -93,7 +114,6 @@ def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, gu
     network was trained to predict (the run's ``loss.prediction``: eps, x0 or v)."""
     check_choice("prediction", prediction, tuple(MODEL_TYPE_OF_PREDICTION))
     model_type = MODEL_TYPE_OF_PREDICTION[prediction]
-    grid = {"skip_type": skip_type} if skip_type else {}
     ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
 
     @jax.jit
@@ -114,12 +134,8 @@ def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, gu
         else:
             model_fn = samplers.model_wrapper(lambda x, t: net(x, t, labels), ns, learned_sigma=model.learn_sigma,
                                               model_type=model_type)
-        if sampler == "unipc":
-            return samplers.unipc(model_fn, x_T, ns, steps=steps, order=order, variant=variant or "bh1", **grid)
-        if sampler == "dpm_solver":
-            return samplers.dpm_solver(model_fn, x_T, ns, steps=steps, order=order,
-                                       algorithm=algorithm or "dpmsolver++", **grid)
-        return samplers.ddim(model_fn, x_T, ns, steps=steps, **grid)
+        return solve(sampler, model_fn, x_T, ns, steps=steps, order=order, variant=variant, skip_type=skip_type,
+                     algorithm=algorithm)
 
     def generate_batch(params, labels: np.ndarray, seed: int) -> np.ndarray:
         labels = jax.device_put(jnp.asarray(labels, jnp.int32), sharding.batch_sharding(mesh))
