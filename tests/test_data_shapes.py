@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edt_jax.data.shapes import FACTOR_NAMES, ShapesDataset
+from edt_jax.data.shapes import FACTOR_NAMES, ShapesDataset, ShapesSubset
 
 SIZES = (32, 64)
 
@@ -173,3 +173,29 @@ def test_bad_factors(ds32: ShapesDataset) -> None:
         ds32.render(good[:6])
     with pytest.raises(ValueError):
         ds32.render([0.0] * 7)
+
+
+def test_subset_holds_exactly_the_listed_factor_values(ds32: ShapesDataset) -> None:
+    subset = ShapesSubset(ds32, {"background_hue": (0,), "scale": (3,), "x_position": (4, 3), "y_position": [4]})
+    assert len(subset) == 3 * 6 * 2 * 6 and subset.image_size == 32 and subset.num_classes == 3
+    factors = np.stack([subset[i]["factors"] for i in range(len(subset))])
+    assert len({tuple(f) for f in factors}) == len(subset)  # every combination once
+    for k, name in enumerate(FACTOR_NAMES):
+        expected = {"background_hue": {0}, "scale": {3}, "x_position": {3, 4}, "y_position": {4}}.get(name)
+        assert set(factors[:, k].tolist()) == (expected or set(range(ds32.factor_sizes[k])))
+    item = subset[7]
+    np.testing.assert_array_equal(item["image"], ds32.render(item["factors"]))
+    assert item["label"] == item["factors"][0]
+    assert np.all(np.diff(subset.indices) > 0)  # the base dataset's order
+
+
+def test_bad_subsets(ds32: ShapesDataset) -> None:
+    for values, words in [({"colour": (0,)}, ("colour", "object_hue")), ({"scale": (4,)}, ("scale", "[0, 4)")),
+                          ({"x_position": ()}, ("x_position", "one or more"))]:
+        with pytest.raises(ValueError) as excinfo:
+            ShapesSubset(ds32, values)
+        assert all(word in _one_line(excinfo) for word in words)
+    subset = ShapesSubset(ds32, {"shape": (1,)})
+    with pytest.raises(IndexError) as excinfo:
+        subset[len(subset)]
+    assert str(len(subset)) in _one_line(excinfo)

@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from edt_jax.data import create_dataset, create_source, to_global
-from edt_jax.data.shapes import ShapesDataset
+from edt_jax.data.shapes import ShapesDataset, ShapesSubset
 from edt_jax.training.sharding import create_mesh
 
 
@@ -28,6 +28,14 @@ def test_shapes_source_through_the_pipeline_to_a_global_batch():
     np.testing.assert_array_equal(batch["factors"][:, 0], batch["label"])
     global_batch = to_global(batch, create_mesh(data=8))
     assert global_batch["image"].shape == (16, 32, 32, 3)
+
+
+def test_shapes_slice_source():
+    source = create_source("shapes:64:scale=3, background_hue=0,x_position=2+5")
+    assert isinstance(source, ShapesSubset) and source.image_size == 64 and len(source) == 3 * 6 * 2 * 8 * 6
+    assert {tuple(v) for v in source.factor_values[2:5]} == {(0,), (3,), (2, 5)}
+    batch = first_batch(source, 16)
+    assert set(batch["factors"][:, 3].tolist()) == {3} and set(batch["factors"][:, 4].tolist()) <= {2, 5}
 
 
 def test_mnist5k_source_through_the_pipeline():
@@ -61,7 +69,9 @@ def test_folder_source_builds_once_then_reuses(tmp_path):
 @pytest.mark.parametrize("spec, error, message", [
     ("imagenet", ValueError, "unknown data source 'imagenet'; expected one of shapes"),
     ("tfds:", ValueError, "unknown data source 'tfds:'"),
-    ("shapes:big", ValueError, "shapes or shapes:64"),
+    ("shapes:big", ValueError, r"shapes\[:64\]\[:<factor>=<v>"),
+    ("shapes:scale=three", ValueError, "'shapes:scale=three'.*object_hue"),
+    ("shapes:size=1", ValueError, "unknown factor 'size'"),
     ("shapes:48", ValueError, "48"),
     ("folder:/no/such/dir", FileNotFoundError, "/no/such/dir"),
 ])

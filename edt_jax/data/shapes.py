@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import colorsys
 import operator
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -206,3 +207,42 @@ class ShapesDataset:
     def _render(self, factors: np.ndarray) -> np.ndarray:
         # Blending object over background by coverage = hits / 16 is a lookup in the precomputed 17-level palette.
         return _PALETTE[factors[1], factors[2]][self._hits(factors)]
+
+
+class ShapesSubset:
+    """The images of a ``ShapesDataset`` whose factors take only the given values (a slice, as dSprites users
+    take), e.g. ``ShapesSubset(ShapesDataset(), {"scale": (3,), "x_position": (3, 4)})``.
+
+    Factors not named keep all their values. ``ds[i]`` is ``base[indices[i]]`` with ``indices`` in the base's
+    order, so items, labels (the shape factor) and ``num_classes`` keep the base dataset's meaning.
+    """
+
+    factor_names: tuple[str, ...] = FACTOR_NAMES
+    factor_sizes: tuple[int, ...] = FACTOR_SIZES
+    num_classes: int = FACTOR_SIZES[0]
+
+    def __init__(self, base: ShapesDataset, factor_values: Mapping[str, Sequence[int]]) -> None:
+        allowed = [tuple(range(size)) for size in FACTOR_SIZES]
+        for name, values in factor_values.items():
+            if name not in FACTOR_NAMES:
+                raise ValueError(f"ShapesSubset: unknown factor {name!r}; the factors are {', '.join(FACTOR_NAMES)}")
+            k = FACTOR_NAMES.index(name)
+            chosen = sorted({operator.index(v) for v in values})
+            if not chosen or chosen[0] < 0 or chosen[-1] >= FACTOR_SIZES[k]:
+                raise ValueError(f"ShapesSubset: {name}={tuple(values)!r} must be one or more values in "
+                                 f"[0, {FACTOR_SIZES[k]})")
+            allowed[k] = tuple(chosen)
+        self.base = base
+        self.image_size = base.image_size
+        self.factor_values: tuple[tuple[int, ...], ...] = tuple(allowed)
+        grid = np.stack(np.meshgrid(*allowed, indexing="ij"), axis=-1).reshape(-1, len(FACTOR_NAMES))
+        self.indices: np.ndarray = np.asarray(base.factors_to_index(grid), dtype=np.int64)  # (N,), increasing
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: Any) -> dict[str, np.ndarray]:
+        i = operator.index(index)
+        if not 0 <= i < len(self):
+            raise IndexError(f"ShapesSubset: index {i} is out of range [0, {len(self)})")
+        return self.base[int(self.indices[i])]

