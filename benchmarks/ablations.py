@@ -2,11 +2,12 @@
 
     python benchmarks/ablations.py --workroot /tmp/ablations --steps 3000 --train_seeds 0,1 --sample_seeds 0,1
 
-Variants, all on the embedded shapes dataset with ``configs/shapes_edt_tiny.py``'s recipe:
+Variants, all on the whole embedded shapes dataset with ``configs/shapes_edt_tiny.py:full``'s recipe (FD_shapes
+compares with the whole dataset, so the main job's slice would not fit it):
 
-    edt        the tiny EDT, plain pass                       (configs/shapes_edt_tiny.py)
+    edt        the tiny EDT, plain pass                       (configs/shapes_edt_tiny.py:full)
     edt_mask   the same with EDT's token-masking training      (--config.loss.masked_pass=True)
-    dit        the tiny DiT, as many steps                     (configs/shapes_dit_tiny.py)
+    dit        the tiny DiT, as many steps                     (configs/shapes_dit_tiny.py:full)
     dit_flops  the tiny DiT with ``edt``'s training FLOPs       (steps x EDT MACs / DiT MACs)
 
 Each (variant, training seed) trains with ``python -m launch.train`` in its own process under
@@ -37,20 +38,21 @@ from edt_jax.models.flops import count_macs  # noqa: E402
 from edt_jax.training.checkpoint import Checkpointer  # noqa: E402
 from launch import builders, sample  # noqa: E402
 
-# name -> (config file, launch.train overrides, passes per step: the masked pass costs a second full pass)
+# name -> (config file:arg, launch.train overrides, passes per step: the masked pass costs a second full pass)
 VARIANTS = {
-    "edt": ("configs/shapes_edt_tiny.py", (), 1),
-    "edt_mask": ("configs/shapes_edt_tiny.py", ("--config.loss.masked_pass=True",), 2),
-    "dit": ("configs/shapes_dit_tiny.py", (), 1),
-    "dit_flops": ("configs/shapes_dit_tiny.py", (), 1),
+    "edt": ("configs/shapes_edt_tiny.py:full", (), 1),
+    "edt_mask": ("configs/shapes_edt_tiny.py:full", ("--config.loss.masked_pass=True",), 2),
+    "dit": ("configs/shapes_dit_tiny.py:full", (), 1),
+    "dit_flops": ("configs/shapes_dit_tiny.py:full", (), 1),
 }
 
 
-def load_config(path: str):
-    """The ``get_config()`` of a config file, imported as ``launch.train`` does."""
+def load_config(spec: str):
+    """The ``get_config(arg)`` of a ``file.py[:arg]`` config, imported as ``launch.train`` does."""
     import importlib
 
-    return importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config()
+    path, _, arg = spec.partition(":")
+    return importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
 
 
 def training_macs(variant: str) -> int:

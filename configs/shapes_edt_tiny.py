@@ -1,18 +1,28 @@
-"""A tiny EDT on the embedded shapes dataset: the README's main job, about 10 minutes on a 2-core CPU.
+"""A tiny EDT on the embedded shapes dataset: the README's main job, about 15 minutes on a 2-core CPU.
 
     python -m launch.train --config configs/shapes_edt_tiny.py --workdir /tmp/shapes_edt
     python -m launch.sample --workdir /tmp/shapes_edt --sampler unipc --steps 20 --num_samples 64 \\
         --output /tmp/shapes_edt/samples.png
 
-``get_config("test")`` is a few-step variant for the test suite.
+The main job trains for 6,000 steps on ``MAIN_JOB_SLICE``: every shape, object hue and orientation, on one
+background hue, at the largest scale, near the centre (108 factor combinations). ``get_config("full")`` is the
+recipe on the whole dataset (110,592 images) for 4,000 steps, which a CPU budget does not learn (README, "The whole
+dataset"); the measurements below were made on it. ``get_config("test")`` is a few-step variant for the tests.
 """
 
 from ml_collections.config_dict import placeholder
 
 from configs.base import base_config
 
+# Fixed: background hue 0, the largest scale, centre x 3 / y 4; free: shape, object hue, orientation. Each freed
+# factor slows learning (README, "What it takes to learn a shape"): at 3,000 steps this slice scored 0.83 shape
+# accuracy, and freeing the background hue as well 0.54 at 4,000.
+MAIN_JOB_SLICE = "shapes:background_hue=0,scale=3,x_position=3,y_position=4"
+
 
 def get_config(arg=None):
+    if arg not in (None, "", "full", "test"):
+        raise ValueError(f"shapes_edt_tiny: unknown variant {arg!r}; use none (the main job), full or test")
     c = base_config()
     # Measured with launch.evaluate (512 samples, UniPC 20 steps, AMM on, FD_shapes; 512 real images score 39-41)
     # on the 2-core CPU. At 2,000 steps: widths 64/96/128/96/64 with eps prediction 2539; all widths 128 (eps)
@@ -25,7 +35,9 @@ def get_config(arg=None):
     # betas 607; none of them learned to create shapes (README, "Where the shapes are lost"). This recipe does learn
     # them, label included, on 13 images (shape and orientation only) in 3,000 steps, but not when the positions or
     # the colours and scale vary too (README, "What it takes to learn a shape").
-    c.total_steps = 4000
+    # The main job's slice: 6,000 steps (class accuracy 0.95 with training seed 1; 4,000 steps gave 0.92 with seed 0
+    # and 0.74 with seed 1, a grid of ragged squares).
+    c.total_steps = 4000 if arg == "full" else 6000
     c.batch_size = 32
     c.log_every_steps = 100
     c.checkpoint_every_steps = 1000
@@ -35,7 +47,7 @@ def get_config(arg=None):
     c.model.update(dict(name="EDT", dims=(128, 128, 128, 128, 128), num_heads=(4, 4, 4, 4, 4),
                         depths=(1, 1, 1, 1, 1), patch_size=4, input_size=32, in_channels=3, num_classes=3,
                         amm_blocks=(3, 4)))
-    c.data.update(dict(source="shapes", channels=3))
+    c.data.update(dict(source="shapes" if arg == "full" else MAIN_JOB_SLICE, channels=3))
     c.loss.prediction = "v"
     # EDT's masked pass doubles the cost of a step; at equal steps it matched the plain pass here (full-pass
     # mse 0.0089 vs 0.0091 at step 1500, narrow eps model), so on a CPU budget the plain pass trains twice the

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import shapes_dit_tiny, shapes_edt_tiny
+from edt_jax.data import create_source
 from edt_jax.training import sharding
 from edt_jax.training.checkpoint import Checkpointer
 from edt_jax.training.step import compile_train_step, make_train_step
@@ -150,6 +151,7 @@ def test_nan_loss_stops_naming_the_step(tmp_path):
     (dict(model=dict(name="EDT-Q/2")), "unknown model name 'EDT-Q/2'"),
     (dict(batch_size=12), "batch_size 12 is not divisible by the 8 devices"),
     (dict(data=dict(source="folder:/no/such/images")), "/no/such/images"),
+    (dict(data=dict(source="shapes:scale=9")), r"scale=\(9,\) must be one or more values in \[0, 4\)"),
 ])
 def test_bad_configs_fail_in_one_line(tmp_path, overrides, message):
     config = tiny_config()
@@ -161,6 +163,16 @@ def test_bad_configs_fail_in_one_line(tmp_path, overrides, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message) as info:
         run(config, str(tmp_path))
     assert "\n" not in str(info.value)
+
+
+def test_main_job_config_is_the_full_recipe_on_its_slice():
+    main, full = shapes_edt_tiny.get_config(), shapes_edt_tiny.get_config("full")
+    assert len(create_source(main.data.source)) == 108 and len(create_source(full.data.source)) == 110_592
+    assert (main.total_steps, full.total_steps) == (6000, 4000)
+    main.data.source, main.total_steps = full.data.source, full.total_steps
+    assert main.to_dict() == full.to_dict()
+    with pytest.raises(ValueError, match="unknown variant 'ful'; use none"):
+        shapes_edt_tiny.get_config("ful")
 
 
 def test_dit_baseline_trains_and_refuses_the_masked_pass(tmp_path):
