@@ -9,9 +9,10 @@
 Metrics (``--metrics``, comma-separated):
 
     fd_shapes, fd_mnist5k   Frechet distance in the features of the small classifiers shipped with the
-                            package (``edt_jax.metrics.extractors``); the reference is the dataset itself.
+                            package (``edt_jax.metrics.extractors``); the reference is the dataset itself, or,
+                            for a run trained on a shapes slice (``shapes:<factor>=<v>,...``), that slice.
                             Works offline on a fresh machine. NOT FID: not comparable to published numbers.
-    pr_shapes, pr_mnist5k   precision / recall (k = 3) in those features against as many dataset images.
+    pr_shapes, pr_mnist5k   precision / recall (k = 3) in those features against as many reference images.
     acc_shapes, acc_mnist5k fraction of samples that the shipped classifier assigns to the class they were
                             generated for (the shape, or the digit): does the model follow its labels?
     fid                     FID: Inception pool3 statistics against ``--reference`` (an ``.npz`` with mu/sigma,
@@ -133,11 +134,22 @@ class Inception:
         return np.concatenate(pools), (np.concatenate(logits) if logits else None)
 
 
+def shapes_slice_images(spec: str | None, limit: int = 10_000) -> np.ndarray | None:
+    """Up to ``limit`` uint8 images (N, H, W, 3) of a shapes slice source, or None for anything else (the whole
+    dataset included), whose reference is the whole dataset."""
+    if not spec or not spec.startswith("shapes:") or "=" not in spec:
+        return None
+    source = data_lib.create_source(spec)
+    picked = np.sort(np.random.default_rng(0).choice(len(source), min(limit, len(source)), replace=False))
+    return np.stack([source[int(i)]["image"] for i in picked])
+
+
 def compute_metrics(images: np.ndarray, metrics: list[str], *, labels: np.ndarray | None = None,
                     reference: str | None = None, inception_weights: str | None = None, seed: int = 0,
-                    data_dir: str | None = None) -> dict:
+                    data_dir: str | None = None, shapes_source: str | None = None) -> dict:
     """The requested ``metrics`` of uint8 samples (N, H, W, C) generated for ``labels`` (N,); see the module
-    docstring for the names."""
+    docstring for the names. ``shapes_source`` is the run's data source: a shapes slice is the reference of
+    fd_shapes and pr_shapes in place of the whole dataset."""
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metrics {unknown}; accepted: {', '.join(METRICS)}")
@@ -147,12 +159,23 @@ def compute_metrics(images: np.ndarray, metrics: list[str], *, labels: np.ndarra
             continue
         extractor = extractors.load_extractor(name)
         features = extractor.features(images)
+        slice_images = shapes_slice_images(shapes_source) if name == "shapes" else None
+        if slice_images is not None and {f"fd_{name}", f"pr_{name}"} & set(metrics):
+            results[f"reference_{name}"] = shapes_source
         if f"fd_{name}" in metrics:
             fake = FeatureStats.from_features(features)
-            results[extractor.metric_name] = fake.frechet_distance(extractors.dataset_stats(name, extractor=extractor))
+            real_stats = (extractor.stats(slice_images) if slice_images is not None
+                          else extractors.dataset_stats(name, extractor=extractor))
+            results[extractor.metric_name] = fake.frechet_distance(real_stats)
         if f"pr_{name}" in metrics:
-            real = extractor.features(extractors.labelled_examples(name, np.sort(
-                np.random.default_rng(seed).choice(extractor.spec.num_examples, len(images), replace=False)))[0])
+            rng = np.random.default_rng(seed)
+            if slice_images is not None:
+                real_images = slice_images[np.sort(rng.choice(len(slice_images), min(len(images), len(slice_images)),
+                                                              replace=False))]
+            else:
+                real_images = extractors.labelled_examples(name, np.sort(
+                    rng.choice(extractor.spec.num_examples, len(images), replace=False)))[0]
+            real = extractor.features(real_images)
             results[f"precision_{name}"], results[f"recall_{name}"] = precision_recall(real, features)
         if f"acc_{name}" in metrics:
             if labels is None:
@@ -209,7 +232,8 @@ def main(argv):
         generation_s = time.time() - start
         start = time.time()
         results = compute_metrics(images, list(f.metrics), labels=labels, reference=f.reference,
-                                  inception_weights=f.inception_weights, seed=f.seed)
+                                  inception_weights=f.inception_weights, seed=f.seed,
+                                  shapes_source=config.data.get("source"))
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -72,6 +72,20 @@ def test_dataset_images_score_better_than_noise():
     assert good["class_accuracy_shapes"] > 0.99
 
 
+def test_a_slice_run_is_scored_against_its_slice():
+    from configs.shapes_edt_tiny import MAIN_JOB_SLICE
+    from launch.evaluate import shapes_slice_images
+
+    images = shapes_slice_images(MAIN_JOB_SLICE)
+    assert images.shape == (108, 32, 32, 3) and shapes_slice_images("shapes") is None
+    metrics = ["fd_shapes", "pr_shapes"]
+    own = compute_metrics(images, metrics, shapes_source=MAIN_JOB_SLICE)
+    whole = compute_metrics(images, metrics, shapes_source="shapes")
+    assert own["reference_shapes"] == MAIN_JOB_SLICE and "reference_shapes" not in whole
+    assert own["FD_shapes"] < 1e-3 * whole["FD_shapes"]  # the slice against itself vs against the whole dataset
+    assert own["precision_shapes"] == own["recall_shapes"] == 1.0
+
+
 def test_fid_path_with_recipe_weights(tmp_path):
     """FID of dataset images against themselves through the converted Inception (fixture recipe weights)."""
     state = inception_recipe_state_dict(load_npz("fid_inception_recipe.npz"))
