@@ -139,9 +139,7 @@ def shapes_slice_images(spec: str | None, limit: int = 10_000) -> np.ndarray | N
     dataset included), whose reference is the whole dataset."""
     if not spec or not spec.startswith("shapes:") or "=" not in spec:
         return None
-    source = data_lib.create_source(spec)
-    picked = np.sort(np.random.default_rng(0).choice(len(source), min(limit, len(source)), replace=False))
-    return np.stack([source[int(i)]["image"] for i in picked])
+    return reference_images(spec, limit, seed=0)
 
 
 def compute_metrics(images: np.ndarray, metrics: list[str], *, labels: np.ndarray | None = None,
