@@ -7,7 +7,8 @@ Iteration k of the scan
   4. predicts x_{k+1} = pred_x x_k + pred_hist . H.
 After S iterations the last prediction is the sample at t_S: exactly S model calls, and the final
 step runs no corrector because no model call follows it. x and H stay float32 (float64 when x_T is
-float64) whatever dtype the model computes in.
+float64) whatever dtype the model computes in. With ``return_trajectory`` each iteration also emits
+(t_k, x_pred_k, the data prediction of M_k) as a scan output.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from edt_jax.samplers.plan import Plan
+from edt_jax.samplers.trajectory import Trajectory, stack_calls
 
 STEP_KWARG_ATTR = "accepts_step"
 
@@ -74,8 +76,11 @@ def state_dtype(x_T: jax.Array):
 
 
 def run_plan(model_fn, x_T: jax.Array, plan: Plan, *, thresholding: tuple[float, float] | None = None,
-             denoise_to_zero: bool = False) -> jax.Array:
-    """Run a multistep plan from x_T (B, ...) at plan.times[0]; returns x at plan.final_time."""
+             denoise_to_zero: bool = False, return_trajectory: bool = False):
+    """Run a multistep plan from x_T (B, ...) at plan.times[0]; returns x at plan.final_time.
+
+    With ``return_trajectory`` returns ``(x, Trajectory)`` of every model call (see ``trajectory.Trajectory``).
+    """
     x_T = jnp.asarray(x_T)
     dtype = state_dtype(x_T)
     x = x_T.astype(dtype)
@@ -100,11 +105,19 @@ def run_plan(model_fn, x_T: jax.Array, plan: Plan, *, thresholding: tuple[float,
         x_cur = jnp.where(c["corr_on"], corrected, x_pred)
         hist = jax.lax.dynamic_update_index_in_dim(hist, m, c["slot"], axis=0)
         x_next = c["pred_x"] * x_cur + _weighted(c["pred_hist"], hist)
-        return (x_cur, x_next, hist), None
+        if not return_trajectory:
+            return (x_cur, x_next, hist), None
+        denoised = m if data else to_data_prediction(x_pred, eps, c["alpha"], c["sigma"], thresholding)
+        return (x_cur, x_next, hist), Trajectory(c["t"], x_pred, denoised)
 
     hist = jnp.zeros((plan.history_size,) + x.shape, dtype)
-    (_, x, _), _ = jax.lax.scan(body, (x, x, hist), inputs)
+    (_, x, _), calls = jax.lax.scan(body, (x, x, hist), inputs)
+    final_call = None
     if denoise_to_zero:
-        eps = call_model(model_fn, x, plan.final_time, jnp.int32(plan.steps))
-        x = to_data_prediction(x, eps, as_state(plan.final_alpha), as_state(plan.final_sigma), thresholding)
-    return x
+        x_in = x
+        eps = call_model(model_fn, x_in, plan.final_time, jnp.int32(plan.steps))
+        x = to_data_prediction(x_in, eps, as_state(plan.final_alpha), as_state(plan.final_sigma), thresholding)
+        final_call = Trajectory(as_state(plan.final_time), x_in, x)
+    if not return_trajectory:
+        return x
+    return x, stack_calls(calls, final_call)

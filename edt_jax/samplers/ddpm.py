@@ -22,6 +22,7 @@ import numpy as np
 from edt_jax.checks import check_choice
 from edt_jax.diffusion.ddpm import DiscreteDiffusion, space_timesteps
 from edt_jax.samplers.core import state_dtype
+from edt_jax.samplers.trajectory import Trajectory
 
 VARIANCES = ("learned_range", "fixed_small", "fixed_large")
 MODEL_TYPES = ("noise", "x_start", "v")
@@ -73,7 +74,7 @@ def _check_args(diffusion, steps, variance, model_type, x_T) -> None:
 
 def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key: jax.Array,
          diffusion: DiscreteDiffusion, *, steps: int = 250, variance: str = "learned_range",
-         model_type: str = "noise", clip_denoised: bool = False) -> jax.Array:
+         model_type: str = "noise", clip_denoised: bool = False, return_trajectory: bool = False):
     """Ancestral sampling from x_T with ``steps`` respaced DDPM steps (ADM ``p_sample_loop``).
 
     Args:
@@ -89,9 +90,11 @@ def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key
       variance: "learned_range" | "fixed_small" (posterior variance) | "fixed_large" (betas).
       model_type: what the first C output channels predict: "noise" (eps) | "x_start" | "v".
       clip_denoised: clip the predicted x0 to [-1, 1].
+      return_trajectory: also return the ``Trajectory`` of the model calls: t = (n + 1) / N for the original
+        timestep n (the continuous time of ``NoiseScheduleVP.discrete``), the state and the predicted x0.
 
     Returns:
-      (B, ..., C) samples x_0 in the state dtype.
+      (B, ..., C) samples x_0 in the state dtype; with ``return_trajectory``, ``(samples, Trajectory)``.
     """
     _check_args(diffusion, steps, variance, model_type, x_T)
     steps = int(steps)
@@ -106,6 +109,7 @@ def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key
     # Host float64 -> state dtype once; the scan slices one row per step.
     xs = {k: jnp.asarray(v, dtype=jnp.float32 if k == "t_input" else dtype) for k, v in tables.items()}
     xs["index"] = jnp.arange(steps - 1, -1, -1, dtype=jnp.int32)
+    xs["t"] = jnp.asarray((tables["t_input"] + 1.0) / diffusion.num_steps, dtype)
 
     def body(x, c):
         out = model(x, jnp.full((batch,), c["t_input"], dtype=jnp.float32))
@@ -129,7 +133,8 @@ def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key
         else:
             log_var = c["log_var"]
         noise = jax.random.normal(jax.random.fold_in(key, c["index"]), x.shape, dtype=dtype)
-        return mean + c["nonzero"] * jnp.exp(0.5 * log_var) * noise, None
+        x_next = mean + c["nonzero"] * jnp.exp(0.5 * log_var) * noise
+        return x_next, Trajectory(c["t"], x, x0) if return_trajectory else None
 
-    x0, _ = jax.lax.scan(body, x_T, xs)
-    return x0
+    x0, calls = jax.lax.scan(body, x_T, xs)
+    return (x0, calls) if return_trajectory else x0

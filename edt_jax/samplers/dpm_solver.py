@@ -57,7 +57,7 @@ def dpm_solver_step(grid: TimeGrid, j: int, order: int, prediction: str, size: i
 
 
 def _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_end, lower_order_final,
-            denoise_to_zero, thresholding, corrector):
+            denoise_to_zero, thresholding, corrector, return_trajectory):
     check_choice("corrector", corrector, CORRECTORS + (None,))
     grid = validation.check_trajectory(ns, steps, order, MAX_ORDER, skip_type, t_start, t_end)
     validation.check_thresholding(thresholding)
@@ -70,27 +70,33 @@ def _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_e
     else:
         correctors = unic_correctors(grid, orders, prediction, corrector.removeprefix("unic_"), order)
     plan = build_plan(grid, predictors, correctors, prediction, order)
-    return run_plan(model_fn, x_T, plan, thresholding=thresholding, denoise_to_zero=denoise_to_zero)
+    return run_plan(model_fn, x_T, plan, thresholding=thresholding, denoise_to_zero=denoise_to_zero,
+                    return_trajectory=return_trajectory)
 
 
 def dpm_solver(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order: int = 2,
                algorithm: str = "dpmsolver++", skip_type: str = "time_uniform", t_start: float | None = None,
                t_end: float | None = None, lower_order_final: bool = True, denoise_to_zero: bool = False,
-               thresholding: tuple[float, float] | None = None, corrector: str | None = None) -> jax.Array:
+               thresholding: tuple[float, float] | None = None, corrector: str | None = None,
+               return_trajectory: bool = False):
     """Sample with multistep DPM-Solver++ ("dpmsolver++") or DPM-Solver ("dpmsolver"), orders 1-3.
 
     Arguments as ``unipc``; additionally ``corrector="unic_bh1" | "unic_bh2"`` adds UniPC's
     corrector after each step but the last (still ``steps`` model calls). ``lower_order_final``
     applies only when steps < 10, as in the reference. Thresholding acts on data predictions, so
-    it affects "dpmsolver" only through ``denoise_to_zero``.
+    it affects "dpmsolver" only through ``denoise_to_zero``. ``return_trajectory`` returns
+    ``(sample, Trajectory)``.
     """
     check_choice("algorithm", algorithm, ALGORITHMS)
     prediction = "data" if algorithm == "dpmsolver++" else "noise"
     return _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_end, lower_order_final,
-                   denoise_to_zero, thresholding, corrector)
+                   denoise_to_zero, thresholding, corrector, return_trajectory)
 
 
 def ddim(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, skip_type: str = "time_uniform",
-         t_start: float | None = None, t_end: float | None = None, corrector: str | None = None) -> jax.Array:
-    """Deterministic DDIM (eta = 0), i.e. first-order DPM-Solver++; ``corrector`` as ``dpm_solver``."""
-    return _sample(model_fn, x_T, ns, steps, 1, "data", skip_type, t_start, t_end, True, False, None, corrector)
+         t_start: float | None = None, t_end: float | None = None, corrector: str | None = None,
+         return_trajectory: bool = False):
+    """Deterministic DDIM (eta = 0), i.e. first-order DPM-Solver++; ``corrector`` and ``return_trajectory`` as
+    ``dpm_solver``."""
+    return _sample(model_fn, x_T, ns, steps, 1, "data", skip_type, t_start, t_end, True, False, None, corrector,
+                   return_trajectory)

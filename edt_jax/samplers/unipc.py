@@ -86,7 +86,7 @@ def unic_correctors(grid: TimeGrid, orders: np.ndarray, prediction: str, variant
 def unipc(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order: int = 2, variant: str = "bh1",
           prediction: str = "data", skip_type: str = "time_uniform", t_start: float | None = None,
           t_end: float | None = None, lower_order_final: bool = True, denoise_to_zero: bool = False,
-          thresholding: tuple[float, float] | None = None) -> jax.Array:
+          thresholding: tuple[float, float] | None = None, return_trajectory: bool = False):
     """Sample with multistep UniPC (orders 1 to 3) as one ``lax.scan``.
 
     Args:
@@ -102,8 +102,10 @@ def unipc(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order:
       lower_order_final: use lower orders in the last steps (always, as the reference UniPC).
       denoise_to_zero: finish with one more model call returning the data prediction at t_end.
       thresholding: ``(ratio, max_val)`` dynamic thresholding of data predictions, or None.
+      return_trajectory: also return the ``Trajectory`` of the model calls (t, x, denoised).
     Returns:
-      (B, ...) the sample at t_end, float32 (or float64 when x_T is float64).
+      (B, ...) the sample at t_end, float32 (or float64 when x_T is float64); with ``return_trajectory``,
+      ``(sample, Trajectory)``.
     """
     check_choice("variant", variant, VARIANTS)
     check_choice("prediction", prediction, ("data", "noise"))
@@ -114,5 +116,6 @@ def unipc(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order:
     predictors = [unip_step(grid, j, int(orders[j - 1]), prediction, variant, order) for j in range(1, steps + 1)]
     correctors = unic_correctors(grid, orders, prediction, variant, order)
     plan = build_plan(grid, predictors, correctors, prediction, order)
-    return run_plan(model_fn, x_T, plan, thresholding=thresholding, denoise_to_zero=denoise_to_zero)
+    return run_plan(model_fn, x_T, plan, thresholding=thresholding, denoise_to_zero=denoise_to_zero,
+                    return_trajectory=return_trajectory)
 

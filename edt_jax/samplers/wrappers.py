@@ -2,12 +2,14 @@
 
 ``model_wrapper`` converts the network's time convention and output type (noise / x_start / v /
 score) and applies classifier-free guidance as ONE batched call on [uncond; cond]. The guidance scale
-may be a per-step array (one value per model call): steps whose scale is exactly 1 then run only the
-conditional half, so stopping guidance early really saves compute.
+may be a per-call array (one value per model call, ``samplers.guidance``): calls whose scale is exactly
+1 run only the conditional half and calls whose scale is exactly 0 only the unconditional half, so
+guiding only some calls really saves compute.
 """
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 
 import jax
@@ -46,16 +48,31 @@ def _concat_conditions(uncond, cond):
     return jax.tree_util.tree_map(lambda u, c: jnp.concatenate([u, c], axis=0), uncond, cond)
 
 
-def guidance_schedule(scale: float, num_calls: int, guided_fraction: float = 1.0) -> np.ndarray:
-    """(num_calls,) scales: ``scale`` for the first ``guided_fraction`` of model calls, then 1.
+def _guidance_scales(guidance_scale):
+    """(static scalar float | None, dynamic scalar jax.Array | None, per-call array | None) of ``guidance_scale``.
 
-    Pass the result as ``model_wrapper(guidance_scale=...)``; the unguided calls skip the
-    unconditional half of the batch.
+    Python and NumPy numbers are static scalars; 0-d JAX arrays (concrete or traced) dynamic scalars; 1-D lists,
+    NumPy and JAX arrays (traced ones too) one scale per model call. 0-d NumPy arrays count as numbers.
     """
-    if not 0.0 <= guided_fraction <= 1.0:
-        raise ValueError(f"guided_fraction must be in [0, 1], got {guided_fraction}")
-    guided = int(round(guided_fraction * num_calls))
-    return np.where(np.arange(num_calls) < guided, float(scale), 1.0)
+    if isinstance(guidance_scale, (list, tuple)):
+        guidance_scale = np.asarray(guidance_scale)
+    if isinstance(guidance_scale, jax.Array):
+        if guidance_scale.ndim == 0:
+            return None, guidance_scale, None
+        array = guidance_scale
+    elif isinstance(guidance_scale, np.ndarray):
+        if guidance_scale.ndim == 0:
+            return float(guidance_scale), None, None
+        array = guidance_scale
+    elif isinstance(guidance_scale, numbers.Real) and not isinstance(guidance_scale, bool):
+        return float(guidance_scale), None, None
+    else:
+        raise ValueError(f"guidance_scale must be a number or a 1-D array of one scale per model call (list, NumPy "
+                         f"or JAX array), got {type(guidance_scale).__name__}")
+    if array.ndim != 1 or array.size == 0 or not jnp.issubdtype(array.dtype, jnp.number):
+        raise ValueError(f"guidance_scale must be a float or a 1-D array of one scale per model call, "
+                         f"got shape {tuple(array.shape)} of dtype {array.dtype}")
+    return None, None, array
 
 
 def model_wrapper(model: Callable, ns: NoiseScheduleVP, model_type: str = "noise", guidance_type: str = "uncond",
@@ -70,19 +87,25 @@ def model_wrapper(model: Callable, ns: NoiseScheduleVP, model_type: str = "noise
       guidance_type: "uncond" or "classifier-free".
       condition, unconditional_condition: (B, ...) arrays or pytrees of them (e.g. labels, and
         the null label); with classifier-free guidance the network sees [uncond; cond] in one call.
-      guidance_scale: a float, or a (num_model_calls,) array with one scale per model call
-        (``guidance_schedule`` builds one that stops guiding after a fraction of the steps).
+      guidance_scale: eps = eps_u + s (eps_c - eps_u). A number, a 0-d JAX array (may be traced), or one scale
+        per model call: a 1-D list, NumPy or JAX array (may be a traced jit argument; ``guidance_schedule`` and
+        ``guidance_interval`` build them). A call whose scale is exactly 1 runs only the conditional half of
+        the batch, one whose scale is exactly 0 only the unconditional half; any other scale the batched
+        [uncond; cond] call. With a Python number this is decided when tracing; with arrays at run time, by a
+        ``lax.switch`` inside the sampler's scan, so one compiled sampler serves every schedule of a length and
+        still skips the work. Under ``vmap`` over the scales (a batched switch index) the switch becomes a
+        select that runs every branch and saves nothing; ``vmap`` over x alone keeps the saving.
       learned_sigma: the network returns 2C channels on the last axis (eps and a variance
         interpolation, as DiT/EDT); only the first C are used.
     """
     check_choice("model_type", model_type, MODEL_TYPES)
     check_choice("guidance_type", guidance_type, GUIDANCE_TYPES)
-    scales = np.asarray(guidance_scale) if isinstance(guidance_scale, (list, tuple, np.ndarray)) else None
-    if scales is not None and (scales.ndim != 1 or scales.size == 0):
-        raise ValueError(f"guidance_scale must be a float or a 1-D array of one scale per model call, "
-                         f"got shape {scales.shape}")
+    static_scale, dynamic_scale, scales = _guidance_scales(guidance_scale)
     if guidance_type == "classifier-free" and condition is None:
         raise ValueError("guidance_type 'classifier-free' needs condition=...")
+    if guidance_type == "classifier-free" and unconditional_condition is None and static_scale != 1.0:
+        raise ValueError(f"classifier-free guidance with guidance_scale {_describe(guidance_scale)} needs "
+                         f"unconditional_condition=... (only a scale of exactly 1 runs without it)")
 
     def network_eps(x, t_continuous, cond):
         t_input = ns.model_time(t_continuous)
@@ -98,34 +121,46 @@ def model_wrapper(model: Callable, ns: NoiseScheduleVP, model_type: str = "noise
                                  2, axis=0)
         return eps_u + scale * (eps_c - eps_u)
 
+    def switched_eps(x, t_continuous, scale):
+        # Branch 0: unconditional half only (s == 0); 1: conditional half only (s == 1); 2: both, batched.
+        branch = jnp.where(scale == 0, 0, jnp.where(scale == 1, 1, 2))
+        return jax.lax.switch(branch, [lambda: network_eps(x, t_continuous, unconditional_condition),
+                                       lambda: network_eps(x, t_continuous, condition),
+                                       lambda: guided_eps(x, t_continuous, scale)])
+
     if guidance_type == "uncond":
         def model_fn(x, t_continuous):
             return network_eps(x, t_continuous, None)
         return model_fn
 
-    if scales is None:
-        static_one = isinstance(guidance_scale, (int, float)) and float(guidance_scale) == 1.0
-        if static_one or unconditional_condition is None:
+    if static_scale is not None:
+        if static_scale in (0.0, 1.0):
+            only = condition if static_scale == 1.0 else unconditional_condition
+
             def model_fn(x, t_continuous):
-                return network_eps(x, t_continuous, condition)
+                return network_eps(x, t_continuous, only)
         else:
             def model_fn(x, t_continuous):
-                return guided_eps(x, t_continuous, jnp.asarray(guidance_scale, x.dtype))
+                return guided_eps(x, t_continuous, jnp.asarray(static_scale, x.dtype))
         return model_fn
 
-    if unconditional_condition is None:
-        raise ValueError("a per-step guidance_scale needs unconditional_condition=...")
-    table = jnp.asarray(scales.astype(np.float64))
+    if dynamic_scale is not None:
+        def model_fn(x, t_continuous):
+            return switched_eps(x, t_continuous, dynamic_scale.astype(x.dtype))
+        return model_fn
+
+    table = jnp.asarray(scales)
 
     def model_fn(x, t_continuous, step=None):
         if step is None:
-            raise ValueError("this model_fn has a per-step guidance_scale; call it through a sampler "
+            raise ValueError("this model_fn has a per-call guidance_scale; call it through a sampler "
                              "(or pass step=the model-call index)")
-        scale = table[step].astype(x.dtype)
-        # Calls with scale exactly 1 need only the conditional half of the batch.
-        return jax.lax.cond(scale == 1, lambda: network_eps(x, t_continuous, condition),
-                            lambda: guided_eps(x, t_continuous, scale))
+        return switched_eps(x, t_continuous, table[step].astype(x.dtype))
 
     setattr(model_fn, STEP_KWARG_ATTR, True)
-    setattr(model_fn, GUIDANCE_STEPS_ATTR, int(scales.size))
+    setattr(model_fn, GUIDANCE_STEPS_ATTR, int(scales.shape[0]))
     return model_fn
+
+
+def _describe(guidance_scale) -> str:
+    return f"of shape {tuple(np.shape(guidance_scale))}" if np.ndim(guidance_scale) else repr(guidance_scale)
