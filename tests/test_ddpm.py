@@ -37,6 +37,10 @@ def test_beta_schedules_match_adm_closed_forms():
         return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
     np.testing.assert_allclose(cos[10], 1 - f(11 / 1000) / f(10 / 1000), rtol=1e-12)
     assert cos.max() == pytest.approx(0.999)  # the last step is clipped
+    sd = beta_schedule("scaled_linear", 1000)  # Stable Diffusion's betas (diffusers' "scaled_linear")
+    np.testing.assert_allclose(sd[[0, -1]], [0.00085, 0.012], rtol=1e-12)
+    np.testing.assert_allclose(np.sqrt(sd[1]) - np.sqrt(sd[0]), (0.012**0.5 - 0.00085**0.5) / 999, rtol=1e-9)
+    assert np.prod(1 - sd) == pytest.approx(0.0046601, rel=1e-4)  # SD's alphas_cumprod[-1]
 
 
 def test_posterior_matches_gaussian_bayes(linear1000):

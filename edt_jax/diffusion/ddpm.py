@@ -23,7 +23,7 @@ import numpy as np
 
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 
-BETA_SCHEDULES = ("linear", "cosine")
+BETA_SCHEDULES = ("linear", "cosine", "scaled_linear")
 
 
 def _betas_for_alpha_bar(num_steps: int, alpha_bar, max_beta: float = 0.999) -> np.ndarray:
@@ -40,7 +40,8 @@ def beta_schedule(name: str, num_steps: int) -> np.ndarray:
 
     name: "linear" -- ADM's scaled linear schedule (betas from 1e-4 to 0.02 for 1000 steps, scaled by
     1000 / num_steps so other lengths keep the same total noise); "cosine" -- improved-DDPM's
-    squared-cosine alpha_bar with s = 0.008 and betas clipped at 0.999.
+    squared-cosine alpha_bar with s = 0.008 and betas clipped at 0.999; "scaled_linear" -- Stable
+    Diffusion's (diffusers' name): betas linear in sqrt(beta) from sqrt(0.00085) to sqrt(0.012), for any length.
     """
     if name not in BETA_SCHEDULES:
         raise ValueError(f"unknown beta schedule {name!r}; expected one of {', '.join(BETA_SCHEDULES)}")
@@ -50,6 +51,8 @@ def beta_schedule(name: str, num_steps: int) -> np.ndarray:
     if name == "linear":
         scale = 1000.0 / num_steps
         return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
+    if name == "scaled_linear":
+        return np.linspace(0.00085**0.5, 0.012**0.5, num_steps, dtype=np.float64) ** 2
     return _betas_for_alpha_bar(num_steps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
 
 
