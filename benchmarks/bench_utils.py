@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """A markdown table; the first column is left-aligned, the others right-aligned."""
-    lines = ["| " + " | ".join(header) + " |", "|:--" + "|--:" * (len(header) - 1) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ and configs/ live at the repo root
+from launch.tables import md_table, spread  # noqa: E402, F401  (re-exported for the benchmark scripts)
 
 
 def machine_info() -> str:
@@ -50,10 +48,3 @@ def write_results(out_dir: str | Path, stem: str, report: str, payload) -> Path:
     (out / f"{stem}.md").write_text(report)
     (out / f"{stem}.json").write_text(json.dumps(payload, indent=1))
     return out / f"{stem}.md"
-
-
-def spread(values: list[float], digits: int = 0) -> str:
-    """'mean (min-max)' of a list of numbers; the value alone when there is one."""
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{sum(values) / len(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"

@@ -22,7 +22,8 @@ Metrics (``--metrics``, comma-separated):
                             (an ADM reference batch holding ``arr_0``, or a data source).
 
 Sampling flags are those of ``launch.sample`` (``--sampler --steps --order --variant --skip_type --algorithm
---guidance_scale --amm --use_ema --labels --seed --step --vae``). Writes a JSON report (``--report``, default
+--guidance_scale --guided_fraction --guidance_after --guidance_interval --amm --use_ema --labels --seed --step
+--vae``). Writes a JSON report (``--report``, default
 ``WORKDIR/eval_<sampler>_<steps>.json``) and optionally the samples in the ADM evaluator's ``.npz`` layout.
 """
 
@@ -69,8 +70,6 @@ def generate_samples(run, num: int, batch_size: int, *, labels: np.ndarray | Non
     so the sampler compiles once.
     """
     config, model, diffusion, params, mesh = run
-    devices = mesh.shape["data"] * mesh.shape["fsdp"]
-    batch_size = -(-batch_size // devices) * devices
     rng = np.random.default_rng(seed)
     if labels is None:
         labels = rng.integers(0, model.num_classes, num)
@@ -78,17 +77,28 @@ def generate_samples(run, num: int, batch_size: int, *, labels: np.ndarray | Non
     sampling.setdefault("prediction", config.loss.prediction)
     generate_batch = sample_lib.make_generator(model, diffusion, mesh=mesh, **sampling)
     decode = sample_lib.make_decoder(*vae, mesh) if vae is not None else None
+    return sample_in_batches(generate_batch, params, labels, batch_size, seed, mesh, decode=decode), labels
+
+
+def sample_in_batches(generate_batch, params, labels: np.ndarray, batch_size: int, seed: int, mesh, *,
+                      decode=None, **call_kwargs) -> np.ndarray:
+    """uint8 images (N, H, W, C) for ``labels`` (N, ...) from ``make_generator``'s ``generate_batch`` (given
+    ``call_kwargs``), in batches of ``batch_size`` rounded up to the devices, the last one padded; batch i draws
+    its noise from (seed, i), so the same seed gives the same noise whatever the guidance. Logs progress."""
+    num = len(labels)
+    devices = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch_size = -(-batch_size // devices) * devices
     images, start = [], time.time()
     for i, first in enumerate(range(0, num, batch_size)):
-        batch = np.resize(labels[first:first + batch_size], batch_size)
-        x = generate_batch(params, batch, int(np.random.default_rng([seed, i]).integers(2**31)))
+        batch = np.take(labels, np.arange(first, first + batch_size) % num, axis=0)
+        x = generate_batch(params, batch, int(np.random.default_rng([seed, i]).integers(2**31)), **call_kwargs)
         if decode is not None:
             x = decode(x)
         images.append(sample_lib.to_uint8(x[:min(batch_size, num - first)]))
         done = first + len(images[-1])
         rate = done / (time.time() - start)
         logging.info("generated %d / %d samples (%.1f img/s, ETA %.0f s)", done, num, rate, (num - done) / rate)
-    return np.concatenate(images), labels
+    return np.concatenate(images)
 
 
 def reference_images(spec: str, num: int, seed: int, data_dir: str | None = None) -> np.ndarray:
@@ -218,9 +228,7 @@ def main(argv):
     workdir = Path(f.workdir)
     try:
         config, model, diffusion, state, step, mesh = sample_lib.load_run(workdir, f.step)
-        sampling = {name: sample_lib.option(name, config) for name in ("sampler", "steps", "order", "variant",
-                                                                       "skip_type", "algorithm", "guidance_scale",
-                                                                       "amm")}
+        sampling = sample_lib.sampling_options(config, diffusion)
         use_ema, num = sample_lib.option("use_ema", config), sample_lib.option("num_samples", config)
         vae = builders.build_vae(config, f.vae) if model.in_channels not in (1, 3) else None
         labels = np.array([int(v) for v in f.labels.split(",")]) if f.labels else None
@@ -235,6 +243,7 @@ def main(argv):
     except (ValueError, FileNotFoundError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    sampling["guidance_scale"] = np.asarray(sampling["guidance_scale"]).tolist()  # per-call arrays as lists
     report = dict(workdir=str(workdir), step=int(step), num_samples=int(num), seed=f.seed, use_ema=bool(use_ema),
                   **sampling, metrics=results, seconds=dict(generation=round(generation_s, 1),
                                                             metrics=round(time.time() - start, 1)))
@@ -248,4 +257,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
     app.run(main)

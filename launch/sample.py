@@ -2,6 +2,7 @@
 
     python -m launch.sample --workdir /tmp/shapes_edt --sampler unipc --steps 20 --num_samples 64 \\
         --output /tmp/shapes_edt/samples.png
+    python -m launch.sample --workdir /tmp/mnist_edt --guidance_scale 2 --guided_fraction 0.4   # guide 8 of 20 calls
 
 Writes a PNG grid and an ``.npz`` beside it with ``samples`` (N, H, W, C) in [-1, 1] and ``labels``.
 Latent-space models (in_channels 4) decode their latents with the VAE of the run's config
@@ -23,6 +24,7 @@ from absl import app, flags, logging
 from PIL import Image
 
 from edt_jax import samplers
+from edt_jax.analysis import label_switch
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.diffusion.schedules import SKIP_TYPES
@@ -44,6 +46,12 @@ builders.define_flag(flags.DEFINE_enum, "skip_type", None, list(SKIP_TYPES),
 builders.define_flag(flags.DEFINE_enum, "algorithm", None, ["dpmsolver", "dpmsolver++"],
                      "dpm_solver's algorithm (default dpmsolver++: data prediction)")
 builders.define_flag(flags.DEFINE_float, "guidance_scale", None, "classifier-free guidance scale (1 = no guidance)")
+builders.define_flag(flags.DEFINE_float, "guided_fraction", 1.0,
+                     "guide only the first fraction of the model calls (the rest run one network pass)")
+builders.define_flag(flags.DEFINE_enum, "guidance_after", "cond", ["cond", "uncond"],
+                     "after the guided calls: the conditional prediction alone, or the unconditional one")
+builders.define_flag(flags.DEFINE_list, "guidance_interval", None,
+                     "t_lo,t_hi in training timesteps: guide only the calls in [t_lo, t_hi] (Kynkaanniemi et al.)")
 builders.define_flag(flags.DEFINE_integer, "num_samples", None, "number of images")
 builders.define_flag(flags.DEFINE_string, "labels", None, "comma-separated class labels (cycled); default random")
 builders.define_flag(flags.DEFINE_bool, "amm", None, "apply the Attention Modulation Matrix (EDT)")
@@ -54,13 +62,34 @@ builders.define_flag(flags.DEFINE_string, "vae", None,
                      "local diffusers VAE folder or weights file for latent models (default: the config's vae.path)")
 builders.define_flag(flags.DEFINE_string, "output", None,
                      "PNG path (default WORKDIR/samples.png); the .npz goes beside it")
-flags.mark_flags_as_required(["workdir"])
 
 
 def option(name: str, config: ml_collections.ConfigDict):
     """The flag ``--name`` when given, else the run config's ``sample.name`` default."""
     value = getattr(flags.FLAGS, name)
     return config.sample.get(name) if value is None else value
+
+
+def sampling_options(config: ml_collections.ConfigDict, diffusion) -> dict:
+    """``make_generator``'s sampling keywords from the flags and the run config's ``sample`` defaults; the
+    guidance flags become a per-call ``guidance_scale`` array when they guide only some calls."""
+    options = {name: option(name, config) for name in ("sampler", "steps", "order", "variant", "skip_type",
+                                                       "algorithm", "amm")}
+    f = flags.FLAGS
+    interval = None
+    if f.guidance_interval:
+        try:
+            interval = tuple(float(v) for v in f.guidance_interval)
+        except ValueError:
+            interval = ()
+        if len(interval) != 2:
+            raise ValueError(f"--guidance_interval must be t_lo,t_hi in training timesteps, got "
+                             f"{','.join(f.guidance_interval)!r}")
+    options["guidance_scale"] = per_call_guidance(option("guidance_scale", config), options["steps"],
+                                                  diffusion=diffusion, guided_fraction=f.guided_fraction,
+                                                  after=f.guidance_after, interval=interval,
+                                                  skip_type=options["skip_type"])
+    return options
 
 
 def load_run(workdir: Path, step: int | None):
@@ -89,14 +118,15 @@ ODE_SAMPLERS = ("unipc", "dpm_solver", "ddim")
 
 def solve(sampler: str, model_fn, x: jax.Array, ns: NoiseScheduleVP, *, steps: int, order: int,
           variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None,
-          t_start: float | None = None) -> jax.Array:
+          t_start: float | None = None, return_trajectory: bool = False):
     """Run the ODE solver ``sampler`` (one of ``ODE_SAMPLERS``) on ``model_fn`` (x, t -> eps) from ``x`` (B, ...)
     at ``t_start`` (default T) down to the end of ``ns``. ``variant``, ``skip_type`` and ``algorithm`` default to
-    the samplers' own defaults when None."""
+    the samplers' own defaults when None. With ``return_trajectory``, ``(sample, samplers.Trajectory)``."""
     check_choice("sampler", sampler, ODE_SAMPLERS)
     kwargs = {"skip_type": skip_type} if skip_type else {}
     if t_start is not None:
         kwargs["t_start"] = t_start
+    kwargs["return_trajectory"] = return_trajectory
     if sampler == "unipc":
         return samplers.unipc(model_fn, x, ns, steps=steps, order=order, variant=variant or "bh1", **kwargs)
     if sampler == "dpm_solver":
@@ -105,19 +135,54 @@ def solve(sampler: str, model_fn, x: jax.Array, ns: NoiseScheduleVP, *, steps: i
     return samplers.ddim(model_fn, x, ns, steps=steps, **kwargs)
 
 
-def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, guidance_scale: float, amm: bool,
+def model_time_of_calls(diffusion, steps: int, skip_type: str | None = None) -> np.ndarray:
+    """(steps,) the network time (training timestep) of each model call of the ODE samplers."""
+    ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
+    return ns.model_time(samplers.call_times(ns, steps, skip_type=skip_type or "time_uniform"))
+
+
+def per_call_guidance(scale: float, steps: int, *, diffusion, guided_fraction: float = 1.0, after: str = "cond",
+                      interval: tuple[float, float] | None = None, skip_type: str | None = None):
+    """The ``guidance_scale`` for ``make_generator``: ``scale`` itself when every call is guided, else the per-call
+    array of ``samplers.guidance_schedule`` (the first ``guided_fraction`` of the calls, then conditional or
+    unconditional only) or, with ``interval`` = (t_lo, t_hi) in training timesteps, of
+    ``samplers.guidance_interval`` (guidance where t_lo <= t <= t_hi, else 1)."""
+    if interval is not None:
+        if guided_fraction != 1.0:
+            raise ValueError(f"give either a guidance interval or a guided fraction, got interval {interval} and "
+                             f"fraction {guided_fraction}")
+        return samplers.guidance_interval(scale, model_time_of_calls(diffusion, steps, skip_type), *interval)
+    if guided_fraction == 1.0:
+        return float(scale)
+    return samplers.guidance_schedule(scale, steps, guided_fraction, after=after)
+
+
+def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, guidance_scale, amm: bool,
                    mesh, variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None,
-                   prediction: str = "eps"):
+                   prediction: str = "eps", return_trajectory: bool = False, label_switch_calls: int | None = None):
     """``generate_batch(params, labels (N,), seed) -> samples (N, H, W, C)`` (numpy), compiled once per N and
-    reused for every batch; the batch is sharded over the mesh's batch axes. ``variant`` (UniPC), ``skip_type``
-    and ``algorithm`` (DPM-Solver) default to the samplers' own defaults when None. ``prediction`` is what the
-    network was trained to predict (the run's ``loss.prediction``: eps, x0 or v)."""
+    reused for every batch; the batch is sharded over the mesh's batch axes.
+
+    ``variant`` (UniPC), ``skip_type`` and ``algorithm`` (DPM-Solver) default to the samplers' own defaults when
+    None. ``prediction`` is what the network was trained to predict (the run's ``loss.prediction``: eps, x0 or v).
+    ``guidance_scale`` is a float or a (steps,) per-call array (``per_call_guidance``); an array is an argument of
+    the compiled sampler, so ``generate_batch(..., guidance_scale=another)`` of the same length reuses it.
+    ``return_trajectory``: return ``(samples, samplers.Trajectory)`` as numpy. ``label_switch_calls``: labels
+    are (N, 2), the first label for that many model calls and the second after (``analysis.label_switch``).
+    """
     check_choice("prediction", prediction, tuple(MODEL_TYPE_OF_PREDICTION))
     model_type = MODEL_TYPE_OF_PREDICTION[prediction]
     ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
+    per_call = np.ndim(guidance_scale) == 1
+    if sampler == "ddpm" and (per_call or label_switch_calls is not None):
+        raise ValueError("the ddpm sampler takes no per-call guidance and no label switch; use unipc, dpm_solver "
+                         "or ddim")
+    switch = None
+    if label_switch_calls is not None:
+        switch = label_switch.switch_threshold(model_time_of_calls(diffusion, steps, skip_type), label_switch_calls)
 
     @jax.jit
-    def run(params, labels, key):
+    def run(params, labels, key, scales):
         def net(x, t_input, y):
             return model.apply({"params": params}, x, t_input, y, train=False, amm=amm)
 
@@ -125,21 +190,32 @@ def make_generator(model, diffusion, *, sampler: str, steps: int, order: int, gu
         if sampler == "ddpm":  # ADM ancestral sampling, learned-range variance, no guidance
             return samplers.ddpm(lambda x, t: net(x, t, labels), x_T, jax.random.fold_in(key, 1), diffusion,
                                  steps=steps, variance="learned_range" if model.learn_sigma else "fixed_small",
-                                 model_type=model_type)
-        if guidance_scale != 1.0:  # one batched call on [null; labels] per step
-            model_fn = samplers.model_wrapper(net, ns, guidance_type="classifier-free", condition=labels,
-                                              unconditional_condition=jnp.full_like(labels, model.num_classes),
-                                              guidance_scale=guidance_scale, learned_sigma=model.learn_sigma,
-                                              model_type=model_type)
+                                 model_type=model_type, return_trajectory=return_trajectory)
+        null = jnp.full((labels.shape[0],), model.num_classes, labels.dtype)
+        if switch is None:
+            network, cond, uncond = net, labels, null
         else:
-            model_fn = samplers.model_wrapper(lambda x, t: net(x, t, labels), ns, learned_sigma=model.learn_sigma,
-                                              model_type=model_type)
+            network = label_switch.switched_network(net, switch)
+            cond, uncond = {"before": labels[:, 0], "after": labels[:, 1]}, {"before": null, "after": null}
+        # A scale of exactly 1 runs the conditional pass alone; others one batched call on [null; labels].
+        model_fn = samplers.model_wrapper(network, ns, guidance_type="classifier-free", condition=cond,
+                                          unconditional_condition=uncond,
+                                          guidance_scale=scales if per_call else guidance_scale,
+                                          learned_sigma=model.learn_sigma, model_type=model_type)
         return solve(sampler, model_fn, x_T, ns, steps=steps, order=order, variant=variant, skip_type=skip_type,
-                     algorithm=algorithm)
+                     algorithm=algorithm, return_trajectory=return_trajectory)
 
-    def generate_batch(params, labels: np.ndarray, seed: int) -> np.ndarray:
+    default_scales = np.asarray(guidance_scale, np.float32) if per_call else None
+
+    def generate_batch(params, labels: np.ndarray, seed: int, guidance_scale=None):
+        scales = default_scales
+        if guidance_scale is not None:
+            scales = np.asarray(guidance_scale, np.float32)
+            if not per_call or scales.shape != default_scales.shape:
+                raise ValueError(f"guidance_scale override of shape {scales.shape} needs a generator made with a "
+                                 f"per-call array of the same length ({steps} calls)")
         labels = jax.device_put(jnp.asarray(labels, jnp.int32), sharding.batch_sharding(mesh))
-        return np.asarray(run(params, labels, jax.random.key(seed)))
+        return jax.tree_util.tree_map(np.asarray, run(params, labels, jax.random.key(seed), scales))
 
     return generate_batch
 
@@ -208,12 +284,8 @@ def main(argv):
             labels = rng.integers(0, model.num_classes, padded)
         use_ema = option("use_ema", config)
         samples = generate(model, diffusion, state.ema_params if use_ema else state.params, labels,
-                           sampler=option("sampler", config), steps=option("steps", config),
-                           order=option("order", config), variant=option("variant", config),
-                           skip_type=option("skip_type", config), algorithm=option("algorithm", config),
-                           guidance_scale=option("guidance_scale", config),
-                           amm=option("amm", config), prediction=config.loss.prediction, seed=f.seed,
-                           mesh=mesh)[:num]
+                           prediction=config.loss.prediction, seed=f.seed, mesh=mesh,
+                           **sampling_options(config, diffusion))[:num]
         latents = None
         if model.in_channels not in (1, 3):  # a latent-space model
             built = builders.build_vae(config, f.vae)
@@ -236,4 +308,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])  # here, not at import: launch.analyze reuses these flags
     app.run(main)

@@ -15,18 +15,13 @@ from shared_fixtures import inception_recipe_state_dict, load_npz
 
 from configs import shapes_edt_tiny
 from launch.evaluate import compute_metrics
-from launch.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("eval_run")
-    config = shapes_edt_tiny.get_config("test")
-    config.total_steps, config.checkpoint_every_steps, config.loss.masked_pass = 2, 2, False
-    run(config, str(workdir))
-    return workdir
+def tiny_run(tiny_shapes_run):
+    return tiny_shapes_run
 
 
 def evaluate(workdir: Path, *flags: str) -> subprocess.CompletedProcess:
