@@ -2,6 +2,7 @@
 
     pip install -e ".[data]"
     python -m launch.train --config configs/mnist_edt_tiny.py --workdir /tmp/mnist_edt
+    python -m launch.analyze --workdir /tmp/mnist_edt --analysis reverse,switch,guidance   # docs/working_mechanism.md
 """
 
 from configs.base import base_config

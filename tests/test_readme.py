@@ -34,3 +34,10 @@ def test_readme_edt_sampling_example_runs():
 def test_readme_data_example_runs():
     batch = run_readme_block("data.create_source")["batch"]
     assert batch["image"].shape == (256, 32, 32, 3) and batch["label"].shape == (256,)
+
+
+def test_readme_guidance_window_example_runs():
+    namespace = run_readme_block("guidance_schedule(4.0")
+    assert namespace["x0"].shape == (4, 4, 4, 1) and namespace["traj"].denoised.shape == (10, 4, 4, 4, 1)
+    low, high = namespace["low"], namespace["high"]
+    assert bool(jnp.allclose(low + high, namespace["traj"].denoised[3], atol=1e-6))
