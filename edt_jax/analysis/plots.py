@@ -1,4 +1,4 @@
-"""Figures of the analyses (matplotlib, imported on first use; ``pip install matplotlib`` or ``.[test]``).
+"""Figures of the analyses (matplotlib, imported on first use: the ``plots`` or ``test`` extra).
 
 Each function takes the numpy results of ``forward`` / ``reverse`` (or the rows of a launcher's table) and writes
 one PNG; none of them computes anything.
@@ -16,7 +16,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("the analysis plots need matplotlib: pip install matplotlib") from None
+        raise ImportError("the analysis plots need matplotlib: pip install -e \".[plots]\" (or matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
