@@ -122,7 +122,7 @@ def run_forward(config, diffusion: DiscreteDiffusion) -> Result:
         rows.append([f"{c:g}", f"{stats['low_power_fraction']:.3f}", _fmt(t_high, 4), _fmt(crossings[c]["low"], 4),
                      _fmt(crossings[c]["low_ac"], 4),
                      f"{np.interp(t_high, timesteps, stats['similarity_low_ac']):.2f}" if t_high else "-"])
-    picks = [t for t in (0, 100, 250, 500, 750, 900, 999) if t in set(timesteps.tolist())]
+    picks = [t for t in (0, 100, 240, 500, 760, 900, 999) if t in set(timesteps.tolist())]
     mid = by_cutoff[_cutoffs()[len(_cutoffs()) // 2]]
     detail = [[t, *(f"{mid[k][list(timesteps).index(t)]:.3g}" for k in
                     ("signal_low", "snr_low", "snr_low_ac", "similarity_low_ac", "signal_high", "snr_high",
