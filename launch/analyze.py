@@ -23,6 +23,7 @@ guidance  classifier-free guidance on the first fraction of the calls only (then
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -62,11 +63,13 @@ builders.define_flag(flags.DEFINE_list, "intervals", ["300:700", "0:500"],
 builders.define_flag(flags.DEFINE_list, "seeds", ["0", "1"], "switch / guidance: sampling seeds")
 
 
+@dataclasses.dataclass
 class Result:
     """What an analysis writes: a Markdown report, a JSON payload and figures (name -> function(path))."""
 
-    def __init__(self, markdown: str, payload: dict, figures: dict):
-        self.markdown, self.payload, self.figures = markdown, payload, figures
+    markdown: str
+    payload: dict
+    figures: dict
 
 
 def _cutoffs() -> list[float]:

@@ -49,7 +49,7 @@ def forward_bands(x0: jax.Array, alphas_cumprod: np.ndarray, timesteps: Sequence
     low0, high0 = frequency.split(x0, cutoff)
     low_e, high_e = frequency.split(eps, cutoff)
     # The low band without each image's mean (DC): the mean brightness is not shape, and it dominates the band.
-    ac0, ac_e = low0 - frequency.split(x0, 0.0)[0], low_e - frequency.split(eps, 0.0)[0]
+    ac0, ac_e = (v - v.mean(axis=(1, 2), keepdims=True) for v in (low0, low_e))
     power0 = jnp.mean(frequency.radial_power(x0, num_bins), 0)
     power_e = jnp.mean(frequency.radial_power(eps, num_bins), 0)
 
