@@ -15,15 +15,16 @@ Typical use::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 import jax
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
+# The mesh vocabulary lives in edt_jax.mesh (below the data pipeline); re-exported for the trainer's users.
+from edt_jax.mesh import BATCH_AXES, MESH_AXES, batch_sharding, create_mesh, replicated
+
+__all__ = ["BATCH_AXES", "LOGICAL_RULES", "MESH_AXES", "batch_sharding", "create_mesh", "replicated",
+           "variable_shardings"]
 
 # Logical axis -> mesh axis (or None: replicated). FSDP shards the model width of every matrix;
 # tensor parallelism splits the wide hidden dimensions (MLP, qkv, heads, adaLN outputs).
@@ -40,32 +41,6 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", None),
     ("relpos", None),
 )
-
-
-def create_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A (data, fsdp, tensor) mesh over ``devices`` (default: all); one size may be -1 (the rest)."""
-    devices = list(jax.devices() if devices is None else devices)
-    shape = [data, fsdp, tensor]
-    if shape.count(-1) > 1 or any(s == 0 or s < -1 for s in shape):
-        raise ValueError(f"mesh sizes (data, fsdp, tensor) must be positive with at most one -1, got {tuple(shape)}")
-    known = int(np.prod([s for s in shape if s != -1]))
-    if -1 in shape:
-        if len(devices) % known:
-            raise ValueError(f"{len(devices)} devices cannot be split into a mesh with fixed sizes {tuple(shape)}")
-        shape[shape.index(-1)] = len(devices) // known
-    if int(np.prod(shape)) != len(devices):
-        raise ValueError(f"mesh (data, fsdp, tensor) = {tuple(shape)} needs {int(np.prod(shape))} devices, "
-                         f"got {len(devices)}")
-    return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
-
-
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split over ``data`` x ``fsdp``; the rest replicated."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
 
 
 def variable_shardings(abstract_variables, mesh: Mesh, rules=LOGICAL_RULES):
