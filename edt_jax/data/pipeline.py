@@ -14,13 +14,12 @@ from collections.abc import Iterator, Sequence
 
 import grain
 import jax
-import numpy as np
 from absl import flags
 from jax.sharding import Mesh
 
 from edt_jax.checks import check_int
 from edt_jax.data.preprocess import Preprocess, random_horizontal_flip, sample_latent
-from edt_jax.training.sharding import BATCH_AXES, batch_sharding
+from edt_jax.mesh import BATCH_AXES, batch_devices, batch_sharding
 
 
 def host_batch_size(global_batch: int, process_count: int | None = None, mesh: Mesh | None = None) -> int:
@@ -33,7 +32,7 @@ def host_batch_size(global_batch: int, process_count: int | None = None, mesh: M
     if global_batch % process_count:
         raise ValueError(f"batch_size {global_batch} is not divisible by the number of processes ({process_count})")
     if mesh is not None:
-        devices = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+        devices = batch_devices(mesh)
         if global_batch % devices:
             raise ValueError(f"batch_size {global_batch} is not divisible by the {devices} devices of the mesh's "
                              f"batch axes {BATCH_AXES}")
@@ -43,7 +42,7 @@ def host_batch_size(global_batch: int, process_count: int | None = None, mesh: M
 def create_dataset(source: Sequence, batch_size: int, *, seed: int = 0, shuffle: bool = True,
                    num_epochs: int | None = None, image_size: int | None = None, channels: int | None = None,
                    label_key: str | None = "label", latent_scale: float = 1.0, random_flip: bool = False,
-                   drop_remainder: bool = True,
+                   keep_keys: tuple[str, ...] = ("factors",), drop_remainder: bool = True,
                    process_index: int | None = None, process_count: int | None = None, num_threads: int | None = None,
                    num_workers: int = 0) -> grain.IterDataset:
     """A grain dataset of host batches (dicts of numpy arrays, leading axis ``batch_size``).
@@ -53,7 +52,7 @@ def create_dataset(source: Sequence, batch_size: int, *, seed: int = 0, shuffle:
       batch_size: records per batch on this process (see ``host_batch_size``).
       seed: shuffling and flip seed; the same seed gives the same stream.
       shuffle: reshuffle every epoch; ``num_epochs`` None repeats forever.
-      image_size, channels, label_key, latent_scale: see ``Preprocess``.
+      image_size, channels, label_key, latent_scale, keep_keys: see ``Preprocess``.
       random_flip: flip images left-right with probability 1/2 (seeded per record).
       process_index, process_count: this process's slice (default: from ``jax``).
       num_threads: reader threads (default: a quarter of the CPU cores, 1 to 8; decoding is mostly
@@ -75,7 +74,7 @@ def create_dataset(source: Sequence, batch_size: int, *, seed: int = 0, shuffle:
     if shuffle:
         ds = ds.shuffle()
     ds = ds.repeat(num_epochs)
-    ds = ds.map(Preprocess(image_size, channels, label_key, latent_scale))
+    ds = ds.map(Preprocess(image_size, channels, label_key, latent_scale, keep_keys))
     if "latent_mean" in source[0]:  # a cache of VAE posteriors: a fresh latent sample per record and epoch
         ds = ds.random_map(sample_latent)
     if random_flip:

@@ -1,7 +1,9 @@
-"""The training loop: sharded state, resume, checkpoints, preemption, metrics, NaN guard.
+"""The one training loop: sharded state, resume, checkpoints, preemption, metrics, NaN guard, EMA.
 
-``train`` takes plain objects (model, optimizer, diffusion, dataset, ...); ``launch/train.py`` builds
-them from a config. Every quantity that decides the next step is either in the checkpoint (state,
+``train`` takes a ``Task`` (what to optimise: initial parameters and a pure loss, see
+``edt_jax.training.task``), an optimizer, a dataset and a mesh; every network of the library trains
+through it (diffusion models via ``step.diffusion_task``, DP-IR's restoration and fusion networks, ...).
+Every quantity that decides the next step is either in the checkpoint (state,
 data-iterator position, timestep-sampler history) or a pure function of (seed, step), so a run that
 is killed and resumed continues exactly as an uninterrupted one.
 """
@@ -15,7 +17,6 @@ from pathlib import Path
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
@@ -23,12 +24,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from edt_jax.data.pipeline import to_global
-from edt_jax.diffusion import DiscreteDiffusion
 from edt_jax.training import sharding as sharding_lib
-from edt_jax.training.checkpoint import Checkpointer, save_config
+from edt_jax.training.checkpoint import Checkpointer, restore_newest_readable, save_config
 from edt_jax.training.metrics import MetricsWriter
-from edt_jax.training.step import LossConfig, compile_train_step, make_train_step
-from edt_jax.training.train_state import abstract_train_state, create_train_state
+from edt_jax.training.task import Task, compile_update_step, make_update_step
+from edt_jax.training.train_state import abstract_state, create_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,50 +74,49 @@ class _StopFlag:
         return bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
 
 
-def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion, loss_config: LossConfig,
-          dataset: grain.IterDataset, timestep_sampler, mesh: Mesh, workdir: str | Path, options: LoopOptions,
-          *, config: dict | None = None, rules=sharding_lib.LOGICAL_RULES) -> TrainResult:
-    """Train until ``options.total_steps``, resuming from the newest complete checkpoint in ``workdir``.
+def train(task: Task, tx: optax.GradientTransformation, dataset: grain.IterDataset, mesh: Mesh,
+          workdir: str | Path, options: LoopOptions, *, config: dict | None = None,
+          rules=sharding_lib.LOGICAL_RULES) -> TrainResult:
+    """Train ``task`` until ``options.total_steps``, resuming from the newest readable checkpoint in ``workdir``.
 
-    ``dataset`` yields host batches ({"image" or "latent", "label"}); ``timestep_sampler`` draws the
-    timesteps on the host (``edt_jax.diffusion.timestep_sampling``); ``rules`` map the parameters'
-    logical axes onto the mesh. Raises ``FloatingPointError``
-    naming the step when the loss becomes NaN or inf (the last good checkpoint is kept).
+    ``dataset`` yields host batches (dicts of arrays with a common leading batch axis); the task's
+    ``prepare_batch`` completes them on the host; ``rules`` map the parameters' logical axes onto the
+    mesh. Raises ``FloatingPointError`` naming the step when the loss becomes NaN or inf (the last
+    good checkpoint is kept).
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if config is not None:
         save_config(workdir, config)
-    size = model.input_size
-    example = (jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32),
-               jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32))
     checkpointer = Checkpointer(workdir / "checkpoints", max_to_keep=options.keep_checkpoints,
                                 save_interval_steps=options.checkpoint_every_steps)
     iterator = iter(dataset)
-    start = checkpointer.latest_step()
-    if start is None:
-        state, shardings = create_train_state(model, tx, jax.random.key(options.seed), example, mesh, rules)
+    abstract = abstract_state(task.init_params, tx, mesh, rules)
+    shardings = jax.tree.map(lambda s: s.sharding, abstract)
+    restored = restore_newest_readable(checkpointer, abstract)
+    if restored is None:
+        state, _ = create_state(task.init_params, tx, jax.random.key(options.seed), mesh, rules)
         start = 0
     else:
-        abstract = abstract_train_state(model, tx, example, mesh, rules)
-        shardings = jax.tree.map(lambda s: s.sharding, abstract)
-        state, data_state, extra = checkpointer.restore(abstract, start)
+        start, state, data_state, extra = restored
         if data_state is not None:
             iterator.set_state(data_state)
-        if extra and "timestep_sampler" in extra:
-            timestep_sampler.load_state_dict(extra["timestep_sampler"])
+        for name, host_state in task.host_state.items():
+            if extra and name in extra:
+                host_state.load_state_dict(extra[name])
         logging.info("resumed from step %d in %s", start, workdir)
     writer = MetricsWriter(workdir, options.total_steps)
     writer.truncate_after(start)
 
     replicated = sharding_lib.replicated(mesh)
-    step_fn = compile_train_step(make_train_step(model, tx, diffusion, loss_config), shardings,
-                                 sharding_lib.batch_sharding(mesh), replicated)
+    frozen = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jax.device_put(a, replicated), task.frozen)
+    step_fn = compile_update_step(make_update_step(task.loss_fn, tx, task.ema_decay), shardings, frozen,
+                                  sharding_lib.batch_sharding(mesh), replicated)
     base_key = jax.random.key(options.seed + 1)
     history = []
 
     def save(step: int, force: bool = False) -> None:
-        extra = {"timestep_sampler": timestep_sampler.state_dict()}
+        extra = {name: host_state.state_dict() for name, host_state in task.host_state.items()}
         checkpointer.save(step, state, data_state=iterator.get_state(), extra=extra, force=force)
 
     writer.start(start)
@@ -126,16 +125,14 @@ def train(model, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion,
     with _StopFlag() as stop:
         while step < options.total_steps:
             batch = next(iterator)
-            writer.global_batch = len(batch["label"]) * jax.process_count()
-            # Timesteps: a pure function of (seed, process, step), so resumed runs draw the same ones.
+            writer.global_batch = len(jax.tree.leaves(batch)[0]) * jax.process_count()
+            # Host randomness: a pure function of (seed, process, step), so resumed runs draw the same.
             rng = np.random.default_rng([options.seed, jax.process_index(), step])
-            t, weights = timestep_sampler.sample(rng, len(batch["label"]))
-            batch = to_global({**batch, "t": t.astype(np.int32), "t_weight": weights.astype(np.float32)}, mesh)
-            state, metrics = step_fn(state, batch, base_key)
+            batch = to_global(task.prepare_batch(batch, rng), mesh)
+            state, metrics = step_fn(state, frozen, batch, base_key)
             step += 1
-            if timestep_sampler.loss_aware:  # every process sees all (t, loss) pairs: identical histories
-                timestep_sampler.update_with_local_losses(np.asarray(metrics["t"]),
-                                                          np.asarray(metrics["per_sample_loss"]))
+            if task.after_step is not None:
+                task.after_step(metrics)
             log_now = step % options.log_every_steps == 0 or step == options.total_steps
             save_now = step % options.checkpoint_every_steps == 0 or step == options.total_steps
             stopping = stop.agreed()

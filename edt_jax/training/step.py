@@ -1,8 +1,9 @@
-"""One training step: diffusion loss (plus EDT's masked pass), gradients, optimizer update, EMA.
+"""The diffusion task on the generic trainer: diffusion loss (plus EDT's masked pass) and timesteps.
 
-The step is a pure function of (state, batch, key) compiled once with ``jax.jit`` in/out shardings
-and the state donated. Timesteps and their importance weights come in the batch: they are drawn on
-the host by the timestep sampler, which needs the per-sample losses back (returned in the metrics).
+Timesteps and their importance weights are drawn on the host by the timestep sampler (in
+``prepare_batch``), which needs the per-sample losses back (returned in the metrics and fed to it in
+``after_step``). ``make_train_step`` / ``compile_train_step`` give the bare compiled step for
+benchmarks and tests that drive it by hand.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from edt_jax.diffusion import DiscreteDiffusion
 from edt_jax.diffusion.losses import training_losses
-from edt_jax.training.optimizers import ema_update, learning_rate_of
-from edt_jax.training.train_state import TrainState
+from edt_jax.training.task import LossFn, Task, make_update_step
+from edt_jax.training.train_state import TrainState, model_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +41,19 @@ def model_input(batch: dict) -> jax.Array:
     return batch["image"] if "image" in batch else batch["latent"]
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion,
-                    loss_config: LossConfig) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-    """A pure ``step(state, batch, key) -> (state, metrics)``; jit it with shardings and donation.
+def model_example(model: nn.Module) -> tuple:
+    """ShapeDtypeStructs of one (x, t, y) call of a diffusion network."""
+    size = model.input_size
+    return (jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32),
+            jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32))
+
+
+def diffusion_loss(model: nn.Module, diffusion: DiscreteDiffusion, loss_config: LossConfig) -> LossFn:
+    """``loss_fn(params, frozen, batch, key) -> (loss, metrics)`` of a diffusion network (``frozen`` unused).
 
     batch: {"image" or "latent": (B, H, W, C), "label": (B,), "t": (B,) int, "t_weight": (B,) float}.
-    metrics: "loss" (scalar, weighted mean), "mse", "vb", "grad_norm", "learning_rate" (when the
-    optimizer exposes it, as ``create_optimizer``'s do), and
-    "per_sample_loss" (B,) unweighted losses (full + masked pass), for the loss-aware timestep sampler.
+    metrics: "mse", "vb", "masked_loss" (with the masked pass), "t" and "per_sample_loss" (B,)
+    unweighted losses (full + masked pass), for the loss-aware timestep sampler.
     """
 
     def losses_for(params, x, t, y, key, masked: bool) -> dict:
@@ -63,7 +70,8 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, diffusio
                                prediction=loss_config.prediction, weighting=loss_config.weighting,
                                snr_gamma=loss_config.snr_gamma)
 
-    def loss_fn(params, batch, key):
+    def loss_fn(params, frozen, batch, key):
+        del frozen
         x, t, y, w = model_input(batch), batch["t"], batch["label"], batch["t_weight"]
         full_key, masked_key = jax.random.split(key)
         full = losses_for(params, x, t, y, full_key, masked=False)
@@ -79,23 +87,39 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, diffusio
             loss = loss + aux["masked_loss"]
         return loss, aux
 
+    return loss_fn
+
+
+def diffusion_task(model: nn.Module, diffusion: DiscreteDiffusion, loss_config: LossConfig,
+                   timestep_sampler) -> Task:
+    """Diffusion training as a ``Task``: host-drawn timesteps, the sampler's history in every checkpoint."""
+
+    def prepare_batch(batch: dict, rng: np.random.Generator) -> dict:
+        t, weights = timestep_sampler.sample(rng, len(batch["label"]))
+        return {**batch, "t": t.astype(np.int32), "t_weight": weights.astype(np.float32)}
+
+    def after_step(metrics: dict) -> None:
+        # Every process sees all (t, loss) pairs of the global batch, so their histories stay identical.
+        timestep_sampler.update_with_local_losses(np.asarray(metrics["t"]), np.asarray(metrics["per_sample_loss"]))
+
+    return Task(init_params=model_init(model, model_example(model)),
+                loss_fn=diffusion_loss(model, diffusion, loss_config), prepare_batch=prepare_batch,
+                after_step=after_step if timestep_sampler.loss_aware else None,
+                host_state={"timestep_sampler": timestep_sampler}, ema_decay=loss_config.ema_decay)
+
+
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, diffusion: DiscreteDiffusion,
+                    loss_config: LossConfig) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+    """The diffusion ``step(state, batch, key) -> (state, metrics)`` (the task's update step, nothing frozen)."""
+    update = make_update_step(diffusion_loss(model, diffusion, loss_config), tx, loss_config.ema_decay)
+
     def step(state: TrainState, batch: dict, key: jax.Array) -> tuple[TrainState, dict]:
-        key = jax.random.fold_in(key, state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, loss_config.ema_decay)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
-        learning_rate = learning_rate_of(opt_state)
-        if learning_rate is not None:
-            metrics["learning_rate"] = learning_rate
-        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
-        return new_state, metrics
+        return update(state, None, batch, key)
 
     return step
 
 
 def compile_train_step(step: Callable, state_shardings: Any, batch_sharding: Any, replicated: Any) -> Callable:
-    """``jax.jit`` the step with the state's shardings (donated), the batch's, and a replicated key."""
+    """``jax.jit`` a ``make_train_step`` step with the state's shardings (donated), the batch's, a replicated key."""
     return jax.jit(step, in_shardings=(state_shardings, batch_sharding, replicated),
                    out_shardings=(state_shardings, replicated), donate_argnums=(0,))

@@ -1,13 +1,17 @@
 """The train state (step, parameters, EMA parameters, optimizer state), created already sharded.
 
-``create_train_state`` traces the model's initialisation abstractly, derives every leaf's sharding
+``create_state`` traces the parameters' initialisation abstractly, derives every leaf's sharding
 from the parameters' logical axis names (optimizer moments inherit them, since optax maps over the
 boxed parameters), then runs the real initialisation under ``jax.jit`` with those output shardings,
 so no device ever holds an unsharded copy of a large model.
+
+The state is the same for every network the trainer optimises; what differs is ``init_params``
+(``key -> boxed params``, e.g. ``model_init(model, example)`` for a Flax module).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -19,10 +23,12 @@ from jax.sharding import Mesh
 
 from edt_jax.training import sharding as sharding_lib
 
+InitParams = Callable[[jax.Array], Any]  # key -> params (may keep nn.LogicallyPartitioned boxes)
+
 
 @struct.dataclass
 class TrainState:
-    """step () int32; params / ema_params: model parameter pytrees (float32); opt_state: optax state."""
+    """step () int32; params / ema_params: parameter pytrees (float32); opt_state: optax state."""
 
     step: jax.Array
     params: Any
@@ -30,40 +36,56 @@ class TrainState:
     opt_state: Any
 
 
-def init_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, example: tuple) -> TrainState:
-    """Unsharded, boxed initial state (parameters keep their ``nn.LogicallyPartitioned`` boxes).
+def model_init(model: nn.Module, example: tuple) -> InitParams:
+    """``key -> model.init(key, *zeros(example))["params"]``: the usual ``init_params`` of a Flax module.
 
     ``example``: arrays or ShapeDtypeStructs of the model's call arguments; only their shapes are used.
     """
-    params = model.init(key, *(jnp.zeros(e.shape, e.dtype) for e in example))["params"]
+    def init_params(key: jax.Array) -> Any:
+        return model.init(key, *(jnp.zeros(e.shape, e.dtype) for e in example))["params"]
+
+    return init_params
+
+
+def initial_state(init_params: InitParams, tx: optax.GradientTransformation, key: jax.Array) -> TrainState:
+    """Unsharded, boxed initial state (parameters keep their ``nn.LogicallyPartitioned`` boxes)."""
+    params = init_params(key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params, opt_state=tx.init(params))
 
 
-def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, example: tuple,
-                       mesh: Mesh, rules=sharding_lib.LOGICAL_RULES) -> tuple[TrainState, Any]:
-    """(state, state_shardings): a sharded, unboxed initial state and the matching NamedSharding tree.
-
-    ``example`` holds the model's call arguments (e.g. (x, t, y)) as arrays or ShapeDtypeStructs of a
-    small batch; only their shapes matter.
-    """
-    _, shardings = _abstract_and_shardings(model, tx, example, mesh, rules)
+def create_state(init_params: InitParams, tx: optax.GradientTransformation, key: jax.Array, mesh: Mesh,
+                 rules=sharding_lib.LOGICAL_RULES) -> tuple[TrainState, Any]:
+    """(state, state_shardings): a sharded, unboxed initial state and the matching NamedSharding tree."""
+    _, shardings = _abstract_and_shardings(init_params, tx, mesh, rules)
 
     def init_unboxed(k):
-        return nn.meta.unbox(init_state(model, tx, k, example))
+        return nn.meta.unbox(initial_state(init_params, tx, k))
 
     state = jax.jit(init_unboxed, out_shardings=shardings)(key)
     return state, shardings
 
 
-def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, mesh: Mesh,
-                         rules=sharding_lib.LOGICAL_RULES) -> Any:
+def abstract_state(init_params: InitParams, tx: optax.GradientTransformation, mesh: Mesh,
+                   rules=sharding_lib.LOGICAL_RULES) -> Any:
     """ShapeDtypeStructs (with target shardings) of the unboxed state: what a checkpoint restores into."""
-    abstract, shardings = _abstract_and_shardings(model, tx, example, mesh, rules)
+    abstract, shardings = _abstract_and_shardings(init_params, tx, mesh, rules)
     return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
                         nn.meta.unbox(abstract), shardings)
 
 
-def _abstract_and_shardings(model, tx, example, mesh, rules) -> tuple[Any, Any]:
+def create_train_state(model: nn.Module, tx: optax.GradientTransformation, key: jax.Array, example: tuple,
+                       mesh: Mesh, rules=sharding_lib.LOGICAL_RULES) -> tuple[TrainState, Any]:
+    """``create_state`` of a Flax module called with arguments shaped like ``example`` (e.g. (x, t, y))."""
+    return create_state(model_init(model, example), tx, key, mesh, rules)
+
+
+def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, example: tuple, mesh: Mesh,
+                         rules=sharding_lib.LOGICAL_RULES) -> Any:
+    """``abstract_state`` of a Flax module called with arguments shaped like ``example``."""
+    return abstract_state(model_init(model, example), tx, mesh, rules)
+
+
+def _abstract_and_shardings(init_params, tx, mesh, rules) -> tuple[Any, Any]:
     """The boxed abstract state (traced, nothing allocated) and its NamedShardings from the logical names."""
-    abstract = jax.eval_shape(lambda k: init_state(model, tx, k, example), jax.random.key(0))
+    abstract = jax.eval_shape(lambda k: initial_state(init_params, tx, k), jax.random.key(0))
     return abstract, sharding_lib.variable_shardings(abstract, mesh, rules)
