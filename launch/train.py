@@ -14,7 +14,9 @@ import sys
 import jax
 from absl import app, flags, logging
 
+from edt_jax.training.checkpoint import UnreadableCheckpointError
 from edt_jax.training.loop import LoopOptions, train
+from edt_jax.training.step import diffusion_task
 from launch import builders
 
 builders.define_config_flag()
@@ -32,8 +34,9 @@ def run(config, workdir: str):
                           checkpoint_every_steps=config.checkpoint_every_steps,
                           keep_checkpoints=config.get("keep_checkpoints", 3), seed=config.seed)
     logging.info("mesh %s, %d devices, global batch %d", dict(mesh.shape), jax.device_count(), config.batch_size)
-    return train(model, tx, builders.build_diffusion(config), builders.build_loss_config(config, model), dataset,
-                 builders.build_timestep_sampler(config), mesh, workdir, options, config=config.to_dict(),
+    task = diffusion_task(model, builders.build_diffusion(config), builders.build_loss_config(config, model),
+                          builders.build_timestep_sampler(config))
+    return train(task, tx, dataset, mesh, workdir, options, config=config.to_dict(),
                  rules=builders.build_sharding_rules(config))
 
 
@@ -44,7 +47,8 @@ def main(argv):
     builders.maybe_initialize_distributed()
     try:
         result = run(flags.FLAGS.config, flags.FLAGS.workdir)
-    except (ValueError, FileNotFoundError, ImportError) as err:  # bad configs/inputs: one line, no traceback
+    # Bad configs / inputs / checkpoints: one line, no traceback.
+    except (ValueError, FileNotFoundError, ImportError, UnreadableCheckpointError) as err:
         logging.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -28,11 +28,19 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
 STATE, DATA_STATE, EXTRA = "state", "data_state", "extra"
 CONFIG_FILENAME = "config.json"
+UNREADABLE_DIR = "unreadable"
+
+
+class UnreadableCheckpointError(RuntimeError):
+    """Every checkpoint of a run failed to restore."""
 
 
 def _check_json(name: str, value: dict | None) -> None:
@@ -131,6 +139,32 @@ class Checkpointer:
         side = {name: (restored[name] if name in present else None) for name in (DATA_STATE, EXTRA)}
         return restored[STATE], side[DATA_STATE], side[EXTRA]
 
+    def stored_shapes(self, step: int) -> dict[str, tuple[int, ...]]:
+        """``{leaf path: shape}`` of the state saved at ``step``, from its metadata (no arrays read)."""
+        metadata = ocp.StandardCheckpointHandler().metadata(self.directory / str(int(step)) / STATE)
+        return {_path_name(path): tuple(leaf.shape)
+                for path, leaf in jax.tree_util.tree_flatten_with_path(metadata)[0]}
+
+    def set_aside(self, step: int) -> epath.Path:
+        """Move the step's directory to ``unreadable/<step>`` (``<step>.1``, ... if taken); returns the target.
+
+        Process 0 moves; every process then waits for it and re-reads the step list.
+        """
+        self._manager.wait_until_finished()
+        target_dir = self.directory / UNREADABLE_DIR
+        target = target_dir / str(int(step))
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = target_dir / f"{int(step)}.{suffix}"
+        if jax.process_index() == 0:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(int(step))).rename(target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint_set_aside_{int(step)}")
+        self._manager.reload()
+        return target
+
     def wait(self) -> None:
         """Block until every pending asynchronous save is on disk (and old steps are pruned)."""
         self._manager.wait_until_finished()
@@ -144,6 +178,84 @@ class Checkpointer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _path_name(path) -> str:
+    """A key path as ``a/b/0``, whatever node types spell it (dict keys, dataclass fields, indices)."""
+    parts = []
+    for entry in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                parts.append(str(getattr(entry, attr)))
+                break
+        else:
+            parts.append(str(entry))
+    return "/".join(parts)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _any_process(flag: bool) -> bool:
+    """Whether ``flag`` is set on any process (every process must call this together)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def check_same_model(checkpointer: Checkpointer, abstract_state: Any, step: int) -> None:
+    """One-line ``ValueError`` when the state saved at ``step`` has other leaves or shapes than ``abstract_state``.
+
+    A changed config resumed on an old workdir must fail loudly, not have its checkpoints set aside.
+    Raises whatever reading the metadata raises when the metadata itself is unreadable.
+    """
+    stored = checkpointer.stored_shapes(step)
+    wanted = {_path_name(path): tuple(leaf.shape)
+              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    if stored == wanted:
+        return
+    for name in sorted(set(stored) | set(wanted)):
+        if stored.get(name) != wanted.get(name):
+            raise ValueError(f"checkpoint step {step} in {checkpointer.directory} holds another model: "
+                             f"{name} has shape {stored.get(name, 'none')} there and {wanted.get(name, 'none')} "
+                             f"in this config; use a new workdir or the config that wrote it")
+
+
+def restore_newest_readable(checkpointer: Checkpointer, abstract_state: Any
+                            ) -> tuple[int, Any, dict | None, dict | None] | None:
+    """``(step, state, data_state, extra)`` of the newest checkpoint that restores, or ``None`` when there is none.
+
+    An unreadable step is logged as one warning (its step and the error's first line), moved to
+    ``unreadable/`` by ``set_aside`` and the next older one is tried. Raises ``UnreadableCheckpointError``
+    (one line listing what was tried) when none is readable, and ``ValueError`` when a checkpoint
+    belongs to a different model.
+    """
+    tried = []
+    for step in reversed(checkpointer.all_steps()):
+        error = None
+        try:
+            check_same_model(checkpointer, abstract_state, step)
+            restored = checkpointer.restore(abstract_state, step)
+        except ValueError as err:
+            if str(err).startswith(f"checkpoint step {step} in "):  # another model, not a damaged file
+                raise
+            error = err
+        except Exception as err:  # noqa: BLE001 - tensorstore, JSON and OS errors all mean "cannot read it"
+            error = err
+        # Collective: a step unreadable on one host is set aside on all, so they resume from the same one.
+        if not _any_process(error is not None):
+            return (step, *restored)
+        reason = _first_line(error) if error is not None else "unreadable on another process"
+        target = checkpointer.set_aside(step)
+        logging.warning("checkpoint step %d is unreadable (%s); moved it to %s and trying the next older one",
+                        step, reason, target)
+        tried.append(f"step {step} ({reason})")
+    if tried:
+        raise UnreadableCheckpointError(f"no readable checkpoint in {checkpointer.directory}; tried "
+                                        + "; ".join(tried))
+    return None
 
 
 def save_config(directory: str | os.PathLike, config: dict) -> None:
