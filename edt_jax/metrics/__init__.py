@@ -5,8 +5,10 @@ improved precision/recall, and the statistics files of pytorch-fid and the ADM e
     net = create_fid_inception()
     variables = inception_params_from_torch(load_inception_weights("pt_inception-2015-12-05-6726825d.pth"), net)
     feats = net.apply(variables, images_nhwc_in_0_1)  # (B, 2048)
+    from edt_jax.metrics import image; image.ssim(clean_nhwc, degraded_nhwc, data_range=1.0)  # (B,), as skimage
 """
 
+from edt_jax.metrics import image  # submodule: psnr, ssim (pure jnp, nothing heavy)
 from edt_jax.metrics.frechet import FeatureStats, StatsAccumulator, frechet_distance, load_stats, save_stats
 from edt_jax.metrics.inception import (
     FIDInceptionV3,
@@ -23,6 +25,7 @@ __all__ = [
     "StatsAccumulator",
     "create_fid_inception",
     "frechet_distance",
+    "image",
     "inception_params_from_torch",
     "inception_score",
     "load_fid_inception",
