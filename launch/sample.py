@@ -28,14 +28,15 @@ from edt_jax.analysis import label_switch
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.diffusion.schedules import SKIP_TYPES
+from edt_jax.samplers.solve import MODEL_TYPE_OF_PREDICTION, ODE_SAMPLERS, solve  # noqa: F401 (re-exported)
 from edt_jax.training import sharding
-from edt_jax.training.checkpoint import CONFIG_FILENAME, Checkpointer
-from edt_jax.training.train_state import abstract_train_state
+from edt_jax.training.checkpoint import CONFIG_FILENAME
+from edt_jax.training.step import model_example
+from edt_jax.training.train_state import load_state, model_init
 from launch import builders
 
 SAMPLERS = ("unipc", "dpm_solver", "ddim", "ddpm")
 # The training loss's name for what the network predicts -> the samplers' name for it.
-MODEL_TYPE_OF_PREDICTION = {"eps": "noise", "x0": "x_start", "v": "v"}
 builders.define_flag(flags.DEFINE_string, "workdir", None, "training run directory (checkpoints/ and config.json)")
 builders.define_flag(flags.DEFINE_enum, "sampler", None, SAMPLERS, "sampler (default: the config's sample.sampler)")
 builders.define_flag(flags.DEFINE_integer, "steps", None, "sampling steps (model calls)")
@@ -101,38 +102,8 @@ def load_run(workdir: Path, step: int | None):
     model = builders.build_model(config)
     tx = builders.build_optimizer(config)
     mesh = sharding.create_mesh()
-    size = model.input_size
-    example = (jax.ShapeDtypeStruct((1, size, size, model.in_channels), jnp.float32),
-               jax.ShapeDtypeStruct((1,), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.int32))
-    checkpointer = Checkpointer(workdir / "checkpoints")
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}; train first")
-    state, _, _ = checkpointer.restore(abstract_train_state(model, tx, example, mesh), step)
-    checkpointer.close()
+    state, step = load_state(workdir / "checkpoints", model_init(model, model_example(model)), tx, mesh, step)
     return config, model, builders.build_diffusion(config), state, step, mesh
-
-
-ODE_SAMPLERS = ("unipc", "dpm_solver", "ddim")
-
-
-def solve(sampler: str, model_fn, x: jax.Array, ns: NoiseScheduleVP, *, steps: int, order: int,
-          variant: str | None = None, skip_type: str | None = None, algorithm: str | None = None,
-          t_start: float | None = None, return_trajectory: bool = False):
-    """Run the ODE solver ``sampler`` (one of ``ODE_SAMPLERS``) on ``model_fn`` (x, t -> eps) from ``x`` (B, ...)
-    at ``t_start`` (default T) down to the end of ``ns``. ``variant``, ``skip_type`` and ``algorithm`` default to
-    the samplers' own defaults when None. With ``return_trajectory``, ``(sample, samplers.Trajectory)``."""
-    check_choice("sampler", sampler, ODE_SAMPLERS)
-    kwargs = {"skip_type": skip_type} if skip_type else {}
-    if t_start is not None:
-        kwargs["t_start"] = t_start
-    kwargs["return_trajectory"] = return_trajectory
-    if sampler == "unipc":
-        return samplers.unipc(model_fn, x, ns, steps=steps, order=order, variant=variant or "bh1", **kwargs)
-    if sampler == "dpm_solver":
-        return samplers.dpm_solver(model_fn, x, ns, steps=steps, order=order, algorithm=algorithm or "dpmsolver++",
-                                   **kwargs)
-    return samplers.ddim(model_fn, x, ns, steps=steps, **kwargs)
 
 
 def model_time_of_calls(diffusion, steps: int, skip_type: str | None = None) -> np.ndarray:

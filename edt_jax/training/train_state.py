@@ -85,6 +85,26 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, exa
     return abstract_state(model_init(model, example), tx, mesh, rules)
 
 
+def load_state(directory, init_params: InitParams, tx: optax.GradientTransformation, mesh: Mesh,
+               step: int | None = None, rules=sharding_lib.LOGICAL_RULES) -> tuple[TrainState, int]:
+    """(state, step) of the checkpoint at ``step`` (default: the newest) in ``directory``, sharded over ``mesh``.
+
+    ``init_params`` and ``tx`` must describe the network and optimizer that wrote it. A one-line
+    ``FileNotFoundError`` when the directory holds no checkpoint.
+    """
+    from edt_jax.training.checkpoint import Checkpointer  # orbax only where checkpoints are read
+
+    checkpointer = Checkpointer(directory)
+    try:
+        step = checkpointer.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}; train first")
+        state, _, _ = checkpointer.restore(abstract_state(init_params, tx, mesh, rules), step)
+    finally:
+        checkpointer.close()
+    return state, int(step)
+
+
 def _abstract_and_shardings(init_params, tx, mesh, rules) -> tuple[Any, Any]:
     """The boxed abstract state (traced, nothing allocated) and its NamedShardings from the logical names."""
     abstract = jax.eval_shape(lambda k: initial_state(init_params, tx, k), jax.random.key(0))
