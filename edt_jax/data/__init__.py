@@ -1,7 +1,7 @@
 """Data: sources named by a string, grain pipelines, global sharded batches.
 
     from edt_jax import data
-    source = data.create_source("shapes")                      # or mnist5k, tfds:<name>[:<split>], folder:<dir>
+    source = data.create_source("shapes")                      # or mnist5k, photos:32:train, tfds:..., folder:<dir>
     dataset = data.create_dataset(source, data.host_batch_size(256), seed=0, random_flip=True)
     for batch in data.global_batches(iter(dataset), mesh): ...  # {"image": (256, 32, 32, 3), "label": (256,)}
 """

@@ -1,0 +1,43 @@
+"""Image restoration (DP-IR): degradation operators y = A(x) + n, their pseudo-inverse, and the pieces that
+restore x from y with a frozen restoration network, a frozen diffusion denoiser and a small fusion net.
+
+    from edt_jax import restoration
+    deg = restoration.create_degradation("sr4")               # or gaussian_blur:sigma=1.6, motion_blur:..., +noise:...
+    y = deg.apply(x, restoration.image_keys(0, indices))      # x (B, H, W, C) in [-1, 1]
+    model = restoration.fused_model(predict, fusion_params, denoiser_params, x0_ir)   # (x_t, t_input) -> x0
+    x_hat = restoration.restore(model, x0_ir, key, ns, diffusion, sampler="ddim", steps=5, tau=0.25)
+
+``launch/restore.py`` trains the networks and runs every method; ``docs/dpir.md`` has the results.
+"""
+
+from edt_jax.restoration.baselines import ddnm_model
+from edt_jax.restoration.degradations import (
+    DEGRADATION_FORMS,
+    Compose,
+    GaussianBlur,
+    GaussianNoise,
+    MotionBlur,
+    SuperResolution,
+    create_degradation,
+    image_keys,
+    null_space_project,
+    pseudo_inverse,
+)
+from edt_jax.restoration.dpir import (
+    continuous_time,
+    fused_model,
+    fusion_inputs,
+    ir_loss,
+    restore,
+    start_state,
+    start_timestep,
+    x0_predictor,
+    x0_regression_loss,
+)
+from edt_jax.restoration.motion_kernels import motion_kernel, motion_kernels
+from edt_jax.restoration.networks import FusionNet, NAFNet, count_params, lift
+
+__all__ = ["DEGRADATION_FORMS", "Compose", "FusionNet", "GaussianBlur", "GaussianNoise", "MotionBlur", "NAFNet",
+           "SuperResolution", "continuous_time", "count_params", "create_degradation", "ddnm_model", "fused_model",
+           "fusion_inputs", "image_keys", "ir_loss", "lift", "motion_kernel", "motion_kernels", "null_space_project",
+           "pseudo_inverse", "restore", "start_state", "start_timestep", "x0_predictor", "x0_regression_loss"]

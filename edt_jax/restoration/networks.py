@@ -1,0 +1,136 @@
+"""DP-IR's trainable networks: a NAFNet restoration network and the small fusion network.
+
+Why NAFNet (Chen et al., ECCV 2022, "Simple Baselines for Image Restoration") as the IR network: it
+is state of the art for deblurring and denoising with nothing but convolutions, layer norms and
+gates (no attention), so it runs at any image size, is cheap on a CPU and maps well onto TPUs, and
+its PyTorch weights convert leaf by leaf. For super-resolution it restores the bicubic lift of the
+low-resolution image (``lift``), as SR3-style pipelines do, so one network serves every degradation.
+
+The fusion network (DP-IR, Zhussip et al. 2024) combines the IR estimate x0_IR and the frozen
+denoiser's estimate x0_D(x_t, t) (and optionally x_t) into the fused x0: convolutions with ReLU,
+a dense time-embedding branch added in every block, and a zero-initialised output added to x0_IR,
+so training starts from the IR estimate. Width 64 with 8 blocks is the paper's ~0.7M parameters.
+
+Shapes: images NHWC float32 in [-1, 1]; t (B,) the network time (training timestep, 0..N-1).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from edt_jax.models.layers import timestep_embedding
+
+
+def lift(y: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``y`` (B, h, w, C) brought to the image shape (B, H, W, C): bicubic up-sampling, or ``y`` itself."""
+    if y.shape == tuple(shape):
+        return y
+    return jax.image.resize(y, shape, method="cubic")
+
+
+class LayerNorm2d(nn.Module):
+    """NAFNet's LayerNorm2d: normalise over channels at every pixel, then scale and shift."""
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.LayerNorm(epsilon=1e-6)(x)
+
+
+class NAFBlock(nn.Module):
+    """x + beta * SCA-gated conv branch, then + gamma * gated feed-forward (beta, gamma start at zero)."""
+
+    width: int
+    expand: int = 2
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.width
+        h = nn.Conv(c * self.expand, (1, 1), name="conv1")(LayerNorm2d(name="norm1")(x))
+        h = nn.Conv(c * self.expand, (3, 3), feature_group_count=c * self.expand, name="conv2")(h)
+        h = _simple_gate(h)
+        # Simplified channel attention: a 1x1 conv of the global average, multiplied back in.
+        h = h * nn.Conv(h.shape[-1], (1, 1), name="sca")(jnp.mean(h, axis=(1, 2), keepdims=True))
+        h = nn.Conv(c, (1, 1), name="conv3")(h)
+        y = x + self.param("beta", nn.initializers.zeros, (c,)) * h
+        h = nn.Conv(c * self.expand, (1, 1), name="conv4")(LayerNorm2d(name="norm2")(y))
+        h = nn.Conv(c, (1, 1), name="conv5")(_simple_gate(h))
+        return y + self.param("gamma", nn.initializers.zeros, (c,)) * h
+
+
+def _simple_gate(x):
+    """NAFNet's SimpleGate: split the channels in two halves and multiply them."""
+    a, b = jnp.split(x, 2, axis=-1)
+    return a * b
+
+
+class NAFNet(nn.Module):
+    """U-shaped NAFNet: (B, H, W, C) -> (B, H, W, C), a residual on its input.
+
+    ``enc_blocks`` / ``dec_blocks`` give the blocks per level (each level halves the resolution and
+    doubles the width), ``middle_blocks`` the bottleneck. H and W must be divisible by 2**levels.
+    """
+
+    width: int = 16
+    enc_blocks: tuple[int, ...] = (1, 1)
+    middle_blocks: int = 1
+    dec_blocks: tuple[int, ...] = (1, 1)
+
+    @nn.compact
+    def __call__(self, y):
+        levels = len(self.enc_blocks)
+        if y.shape[1] % 2 ** levels or y.shape[2] % 2 ** levels:
+            raise ValueError(f"NAFNet with {levels} levels needs H and W divisible by {2 ** levels}, "
+                             f"got {y.shape[1]}x{y.shape[2]}")
+        h = nn.Conv(self.width, (3, 3), name="intro")(y)
+        skips, c = [], self.width
+        for level, n in enumerate(self.enc_blocks):
+            for i in range(n):
+                h = NAFBlock(c, name=f"enc{level}_{i}")(h)
+            skips.append(h)
+            h = nn.Conv(2 * c, (2, 2), strides=(2, 2), name=f"down{level}")(h)
+            c *= 2
+        for i in range(self.middle_blocks):
+            h = NAFBlock(c, name=f"middle_{i}")(h)
+        for level, n in enumerate(self.dec_blocks):
+            h = nn.Conv(2 * c, (1, 1), use_bias=False, name=f"up{level}")(h)
+            h = _pixel_shuffle(h, 2)
+            c //= 2
+            h = h + skips.pop()
+            for i in range(n):
+                h = NAFBlock(c, name=f"dec{level}_{i}")(h)
+        return y + nn.Conv(y.shape[-1], (3, 3), name="ending")(h)
+
+
+def _pixel_shuffle(x, r: int):
+    """(B, H, W, C r^2) -> (B, H r, W r, C), channel order as torch.nn.PixelShuffle."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, c // (r * r), r, r)
+    return x.transpose(0, 1, 4, 2, 5, 3).reshape(b, h * r, w * r, c // (r * r))
+
+
+class FusionNet(nn.Module):
+    """Fused x0 = x0_IR + out(x0_IR, x0_D[, x_t], t); (B, H, W, C) each, t (B,) -> (B, H, W, C)."""
+
+    width: int = 64
+    num_blocks: int = 8
+    use_x_t: bool = False
+
+    @nn.compact
+    def __call__(self, x0_ir, x0_d, x_t, t):
+        inputs = [x0_ir, x0_d] + ([x_t] if self.use_x_t else [])
+        h = nn.relu(nn.Conv(self.width, (3, 3), name="in_conv")(jnp.concatenate(inputs, axis=-1)))
+        emb = timestep_embedding(t, self.width)
+        emb = nn.Dense(self.width, name="time_1")(nn.relu(nn.Dense(self.width, name="time_0")(emb)))
+        for i in range(self.num_blocks):
+            shift = nn.Dense(self.width, name=f"time_proj_{i}")(nn.relu(emb))[:, None, None, :]
+            r = nn.relu(nn.Conv(self.width, (3, 3), name=f"block{i}_conv0")(h) + shift)
+            h = h + nn.Conv(self.width, (3, 3), name=f"block{i}_conv1")(r)
+        out = nn.Conv(x0_ir.shape[-1], (3, 3), kernel_init=nn.initializers.zeros, name="out_conv")(nn.relu(h))
+        return x0_ir + out
+
+
+def count_params(params) -> int:
+    """The number of scalars in a parameter tree."""
+    return sum(int(p.size) for p in jax.tree.leaves(params))
