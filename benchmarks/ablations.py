@@ -30,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # launch/ and configs/ live at the repo root
 
-from bench_utils import machine_info, md_table, spread, write_results  # noqa: E402
+from bench_utils import load_config, machine_info, md_table, spread, write_results  # noqa: E402
 from quality import data_floor, score_samples  # noqa: E402
 
 from edt_jax.metrics import extractors  # noqa: E402
@@ -45,14 +45,6 @@ VARIANTS = {
     "dit": ("configs/shapes_dit_tiny.py:full", (), 1),
     "dit_flops": ("configs/shapes_dit_tiny.py:full", (), 1),
 }
-
-
-def load_config(spec: str):
-    """The ``get_config(arg)`` of a ``file.py[:arg]`` config, imported as ``launch.train`` does."""
-    import importlib
-
-    path, _, arg = spec.partition(":")
-    return importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
 
 
 def training_macs(variant: str) -> int:

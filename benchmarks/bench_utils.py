@@ -16,6 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ and conf
 from launch.tables import md_table, spread  # noqa: E402, F401  (re-exported for the benchmark scripts)
 
 
+def load_config(spec: str):
+    """The ``get_config(arg)`` of a ``file.py[:arg]`` config, imported as ``launch.train`` does."""
+    import importlib
+
+    path, _, arg = spec.partition(":")
+    return importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
+
+
 def machine_info() -> str:
     cpu = platform.processor()
     if not cpu and Path("/proc/cpuinfo").exists():

@@ -56,3 +56,47 @@ def imagenet256_latents(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c.loss.masked_pass = True
     c.model.dtype = "bfloat16"
     return c
+
+
+def dpir_config(train: str, test: str, degradation: str, channels: int, size: int = 32) -> ml_collections.ConfigDict:
+    """Defaults of the DP-IR configs (``launch.restore``): data, degradation, the three trained networks.
+
+    ``train`` / ``test``: data sources (``data.train_range`` / ``test_range`` (start, stop) select records;
+    () = all). The denoiser is a ``launch.train`` run on the same domain, given by ``denoiser_workdir``.
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.denoiser_workdir = ""  # a launch.train run on the same image size and channels (required but for train_ir)
+    c.data = ml_collections.ConfigDict(dict(train=train, test=test, train_range=(), test_range=(), image_size=size,
+                                            channels=channels, random_flip=True))
+    c.degradation = degradation  # edt_jax.restoration.create_degradation spec
+    # The conditional baseline's schedule (DP-IR itself samples on the denoiser run's own schedule).
+    c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, beta_schedule="linear"))
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+    # CPU-sized: convolutions run at ~5 GFLOP/s on the 2-core CPU, so a few hundred steps of narrow networks.
+    train_recipe = dict(steps=400, batch_size=16, learning_rate=2e-3, loss="l1", ema_decay=0.99)
+    # The IR network (NAFNet) and a narrower one for the plug-and-play test (fusion trained with ir, run with ir_alt).
+    c.ir = ml_collections.ConfigDict(dict(width=16, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1),
+                                          seed=0, **train_recipe))
+    c.ir_alt = ml_collections.ConfigDict(dict(width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1),
+                                              seed=1, **train_recipe))
+    c.fusion = ml_collections.ConfigDict(dict(width=16, num_blocks=4, use_x_t=False, **train_recipe))
+    # Baseline: the fusion net's architecture on (lift(y), x_t) from scratch, for the IR + fusion steps.
+    c.conditional = ml_collections.ConfigDict(dict(width=16, num_blocks=4, **{**train_recipe, "steps": 800}))
+    c.sample = ml_collections.ConfigDict(dict(sampler="ddim", steps=20, tau=1.0, order=2, seed=0))
+    # The DDNM baseline's pseudo-inverse (conjugate gradients; damping > 0 for ill-conditioned blurs).
+    c.ddnm = ml_collections.ConfigDict(dict(iters=50, damping=0.0))
+    c.eval = ml_collections.ConfigDict(dict(num_test=64, batch_size=64))
+    return c
+
+
+def dpir_test_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The tests' variant of a DP-IR config: a few steps of narrow networks on 8 test images."""
+    for part in (c.ir, c.ir_alt, c.fusion, c.conditional):
+        part.steps, part.batch_size, part.width = 3, 8, 8
+    c.fusion.num_blocks = c.conditional.num_blocks = 1
+    c.checkpoint_every_steps, c.log_every_steps = 3, 1
+    c.sample.steps, c.eval.num_test, c.eval.batch_size = 2, 8, 8
+    return c

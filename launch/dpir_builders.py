@@ -1,0 +1,239 @@
+"""DP-IR's networks, their training and the restoration methods, built from a ``configs/dpir_*.py`` config.
+
+Shared by ``launch/restore.py`` and ``benchmarks/restoration.py``. Networks live in ``<workdir>/<name>``:
+``ir`` and ``ir_alt`` (NAFNets), ``fusion`` and ``conditional`` (fusion-net architecture); the denoiser
+is the ``launch.train`` run of ``config.denoiser_workdir``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from edt_jax import data as data_lib
+from edt_jax.checks import check_choice
+from edt_jax.diffusion import NoiseScheduleVP
+from edt_jax.restoration import dpir
+from edt_jax.restoration.baselines import ddnm_model
+from edt_jax.restoration.data import check_estimate_shape
+from edt_jax.restoration.degradations import image_keys, pseudo_inverse
+from edt_jax.restoration.networks import FusionNet, NAFNet, count_params, lift
+from edt_jax.training import sharding
+from edt_jax.training.loop import LoopOptions, train
+from edt_jax.training.optimizers import create_optimizer
+from edt_jax.training.task import Task
+from edt_jax.training.train_state import load_state, model_init
+
+NETWORKS = ("ir", "ir_alt", "fusion", "conditional")
+METHODS = ("ir", "ir_alt", "dpir", "dpir_ir_alt", "ddnm", "conditional")
+
+
+def build_network(config: ml_collections.ConfigDict, name: str):
+    """(Flax module, example call arguments) of network ``name``."""
+    check_choice("network", name, NETWORKS)
+    size, channels = config.data.image_size, config.data.channels
+    image = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+    part = config[name]
+    if name in ("ir", "ir_alt"):
+        net = NAFNet(part.width, tuple(part.enc_blocks), part.middle_blocks, tuple(part.dec_blocks))
+        if size % 2 ** len(part.enc_blocks):
+            raise ValueError(f"{name}: NAFNet with {len(part.enc_blocks)} levels needs the image size divisible by "
+                             f"{2 ** len(part.enc_blocks)}, got {size}")
+        return net, (image,)
+    net = FusionNet(part.width, part.num_blocks, use_x_t=part.get("use_x_t", False))
+    return net, (image, image, image, jax.ShapeDtypeStruct((1,), jnp.float32))
+
+
+def _optimizer(part: ml_collections.ConfigDict):
+    return create_optimizer("adamw", part.learning_rate, schedule="linear_decay", decay_steps=part.steps,
+                            end_learning_rate=part.learning_rate * 0.01)
+
+
+def conditional_schedule(config) -> NoiseScheduleVP:
+    """The conditional baseline's noise schedule, from ``config.diffusion``."""
+    from launch import builders
+
+    return NoiseScheduleVP.discrete(betas=builders.build_diffusion(config).betas)
+
+
+def train_network(config, workdir: Path, name: str, source, degradation, *, denoise=None, frozen=None,
+                  frozen_ns=None):
+    """Train ``name`` with the library's trainer into ``workdir/<name>`` (resumes; kill -9 safe).
+
+    The fusion net also takes the frozen denoiser: ``denoise`` (as ``load_denoiser``), its params and schedule.
+    """
+    net, example = build_network(config, name)
+    part = config[name]
+    image_shape = (part.batch_size, config.data.image_size, config.data.image_size, config.data.channels)
+    apply = lambda p, *args: net.apply({"params": p}, *args)  # noqa: E731
+    if name in ("ir", "ir_alt"):
+        loss_fn = dpir.ir_loss(apply, degradation, part.loss)
+    else:
+        if name == "fusion":
+            ns = frozen_ns
+            predict, condition = dpir.fusion_inputs(apply, denoise), lambda batch, key: batch["x0_ir"]
+        else:
+            ns = conditional_schedule(config)
+
+            def predict(params, frozen, y_lifted, x_t, t_input):
+                return apply(params, y_lifted, x_t, x_t, t_input)
+
+            def condition(batch, key):
+                return lift(degradation.apply(batch["image"], key), batch["image"].shape)
+        loss_fn = dpir.x0_regression_loss(predict, ns, condition, part.loss)
+    mesh = sharding.create_mesh()
+    host_batch = data_lib.host_batch_size(part.batch_size, mesh=mesh)
+    paired = name == "fusion"  # a flip would separate x0 from its precomputed x0_IR
+    dataset = data_lib.create_dataset(source, host_batch, seed=part.get("seed", config.seed), label_key=None,
+                                      random_flip=config.data.random_flip and not paired, keep_keys=("x0_ir",))
+    params = jax.eval_shape(model_init(net, example), jax.random.key(0))
+    print(f"{name}: {type(net).__name__} with {count_params(params):,} parameters, {part.steps} steps of "
+          f"{image_shape[0]} images")
+    task = Task(init_params=model_init(net, example), loss_fn=loss_fn, frozen=frozen, ema_decay=part.ema_decay)
+    options = LoopOptions(total_steps=part.steps, log_every_steps=config.log_every_steps,
+                          checkpoint_every_steps=config.checkpoint_every_steps,
+                          keep_checkpoints=config.keep_checkpoints, seed=part.get("seed", config.seed))
+    return train(task, _optimizer(part), dataset, mesh, workdir / name, options,
+                 config={"network": name, **config.to_dict()})
+
+
+def load_network(config, workdir: Path, name: str) -> tuple[object, Callable]:
+    """(EMA params, fn) of a trained network; for the IR nets ``fn(y) -> x0_IR`` (it lifts y itself)."""
+    net, example = build_network(config, name)
+    directory = workdir / name / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no {name} network in {workdir}; run --mode train_{name} first")
+    state, _ = load_state(directory, model_init(net, example), _optimizer(config[name]), sharding.create_mesh())
+    params = state.ema_params
+    if name in ("ir", "ir_alt"):
+        shape = example[0].shape[1:]
+        return params, lambda y: net.apply({"params": params}, lift(y, (y.shape[0], *shape)))
+    return params, lambda *args: net.apply({"params": params}, *args)
+
+
+def _denoiser_dir(config) -> Path:
+    if not config.denoiser_workdir:
+        raise ValueError("config.denoiser_workdir is empty; give a launch.train run on the same images "
+                         "(--config.denoiser_workdir=DIR)")
+    return Path(config.denoiser_workdir).expanduser()
+
+
+def load_denoiser(config, image_shape: tuple[int, ...]):
+    """(denoise, params, diffusion, ns): the frozen DPM of ``config.denoiser_workdir`` as an x0 predictor.
+
+    ``denoise(params, x_t, t_input) -> x0``; ``params`` its EMA parameters.
+    The run must be trained on ``image_shape`` (H, W, C) images (one-line error otherwise).
+    """
+    from launch.sample import MODEL_TYPE_OF_PREDICTION, load_run
+
+    run_config, model, diffusion, state, step, _ = load_run(_denoiser_dir(config), None)
+    trained = (model.input_size, model.input_size, model.in_channels)
+    if tuple(image_shape) != trained:
+        raise ValueError(f"the denoiser in {config.denoiser_workdir} was trained on {trained} images, this config "
+                         f"restores {tuple(image_shape)} images; train one on the same image size and channels")
+    # Unconditional: the null label of a class-conditional run, or the one class of a single-class run.
+    label = 0 if model.num_classes == 1 else model.num_classes
+
+    def network(params, x, t_input):
+        return model.apply({"params": params}, x, t_input, jnp.full((x.shape[0],), label, jnp.int32), train=False)
+
+    ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
+    denoise = dpir.x0_predictor(network, ns, MODEL_TYPE_OF_PREDICTION[run_config.loss.prediction],
+                                model.learn_sigma)
+    return denoise, state.ema_params, diffusion, ns
+
+
+class Restorer:
+    """``restorer(y, indices, seed) -> x_hat`` (numpy, [-1, 1]) in jitted batches; ``nfe`` network calls per image."""
+
+    def __init__(self, fn: Callable, nfe: int, batch_size: int, degradation_seed: int):
+        self._fn, self.nfe, self.batch_size, self.degradation_seed = jax.jit(fn), nfe, batch_size, degradation_seed
+
+    def __call__(self, y: np.ndarray, indices: np.ndarray, seed: int) -> np.ndarray:
+        out = []
+        for i in range(0, len(y), self.batch_size):
+            chunk, idx = y[i:i + self.batch_size], np.asarray(indices[i:i + self.batch_size])
+            pad = self.batch_size - len(chunk)
+            if pad:  # one compiled shape for every batch
+                chunk, idx = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]), np.pad(idx, (0, pad), "edge")
+            keys = image_keys(self.degradation_seed, idx)
+            sample_key = jax.random.fold_in(jax.random.key(seed), i)
+            out.append(np.asarray(self._fn(jnp.asarray(chunk), keys, sample_key))[: self.batch_size - pad])
+        return np.concatenate(out)
+
+
+class Restorers:
+    """Every restoration method of a run, its networks loaded once: ``Restorers(...).get("dpir", tau=0.25)``."""
+
+    def __init__(self, config, workdir: Path, degradation, image_shape: tuple[int, ...]):
+        self.config, self.workdir, self.degradation = config, Path(workdir), degradation
+        self.image_shape = tuple(image_shape)
+        self._cache: dict[str, object] = {}
+
+    def _loaded(self, what: str):
+        if what not in self._cache:
+            if what == "denoiser":
+                self._cache[what] = load_denoiser(self.config, self.image_shape)
+            else:
+                params, fn = load_network(self.config, self.workdir, what)
+                if what in ("ir", "ir_alt"):
+                    y_shape = self.degradation.output_shape((1, *self.image_shape))
+                    check_estimate_shape(jax.eval_shape(fn, jax.ShapeDtypeStruct(y_shape, jnp.float32)).shape,
+                                         (1, *self.image_shape), what=f"the {what} network")
+                self._cache[what] = (params, fn)
+        return self._cache[what]
+
+    def get(self, method: str, *, sampler: str | None = None, steps: int | None = None,
+            tau: float | None = None) -> Restorer:
+        """The restorer of ``method`` (``METHODS``); sampler / steps / tau default to ``config.sample``."""
+        check_choice("method", method, METHODS)
+        s = self.config.sample
+        sampler, steps, tau = sampler or s.sampler, steps or s.steps, s.tau if tau is None else tau
+        dpir.start_timestep(tau, 1000)  # a bad tau fails here, before anything compiles
+        degradation, batch = self.degradation, self.config.eval.batch_size
+        if method in ("ir", "ir_alt"):
+            ir_fn = self._loaded(method)[1]
+            return Restorer(lambda y, keys, key: ir_fn(y), 1, batch, self.config.seed)
+        denoise, denoiser_params, diffusion, ns = self._loaded("denoiser")
+
+        def run(model, x0_start, key):
+            return dpir.restore(model, x0_start, key, ns, diffusion, sampler=sampler, steps=steps, tau=tau,
+                                order=s.order)
+
+        if method in ("dpir", "dpir_ir_alt"):
+            ir_fn = self._loaded("ir" if method == "dpir" else "ir_alt")[1]
+            fusion_params, fusion_fn = self._loaded("fusion")
+            predict = dpir.fusion_inputs(lambda p, *a: fusion_fn(*a), denoise)
+
+            def fn(y, keys, key):
+                x0_ir = ir_fn(y)
+                return run(dpir.fused_model(predict, fusion_params, denoiser_params, x0_ir), x0_ir, key)
+
+            return Restorer(fn, steps + 1, batch, self.config.seed)  # + 1: the IR network
+        if method == "ddnm":
+            def fn(y, keys, key):  # starts from A^+ y where tau < 1
+                cg = dict(iters=self.config.ddnm.iters, damping=self.config.ddnm.damping)
+                x_init = pseudo_inverse(degradation, y, keys, (y.shape[0], *self.image_shape), **cg)
+                return run(ddnm_model(denoise, denoiser_params, degradation, y, keys, **cg), x_init, key)
+
+            return Restorer(fn, steps, batch, self.config.seed)
+        cond_params, cond_fn = self._loaded("conditional")
+        ns = conditional_schedule(self.config)
+
+        def fn(y, keys, key):  # starts from lift(y) where tau < 1
+            y_lifted = lift(y, (y.shape[0], *self.image_shape))
+
+            def model(x_t, t_input):
+                return cond_fn(y_lifted, x_t, x_t, jnp.broadcast_to(t_input, (x_t.shape[0],)))
+
+            return dpir.restore(model, y_lifted, key, ns, diffusion, sampler=sampler, steps=steps, tau=tau,
+                                order=s.order)
+
+        return Restorer(fn, steps, batch, self.config.seed)
+
+

@@ -1,0 +1,115 @@
+"""launch.restore end to end on tiny networks: every training mode, every method, restore a folder, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import dpir_mnist_sr4, dpir_photos_sr4
+from edt_jax.restoration import create_degradation
+from launch import restore
+from launch.dpir_builders import METHODS, Restorers
+
+
+@pytest.fixture(scope="module")
+def dpir_run(tiny_shapes_run, tmp_path_factory):
+    """The photo SR x4 test config on the shared tiny shapes denoiser (32x32x3), every network trained 3 steps."""
+    config = dpir_photos_sr4.get_config("test")
+    config.denoiser_workdir = str(tiny_shapes_run)
+    workdir = tmp_path_factory.mktemp("dpir")
+    for name in ("ir", "fusion", "ir_alt", "conditional"):
+        result = restore.train_mode(config, workdir, name)
+        assert result.step == 3
+    return config, workdir
+
+
+def test_every_network_is_a_resumable_trainer_run(dpir_run):
+    config, workdir = dpir_run
+    for name in ("ir", "ir_alt", "fusion", "conditional"):
+        lines = (workdir / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+        assert json.loads((workdir / name / "config.json").read_text())["network"] == name
+    again = restore.train_mode(config, workdir, "ir")  # already done: resumes at 3, trains nothing
+    assert again.step == 3 and again.history == []
+
+
+def test_every_method_evaluates_and_reports_nfe(dpir_run):
+    config, workdir = dpir_run
+    nfe = {}
+    for method in METHODS:
+        result = restore.evaluate_mode(config, workdir, method)
+        assert result["num_images"] == 8 and np.isfinite([result["psnr"], result["ssim"], result["consistency"]]).all()
+        nfe[method] = result["nfe"]
+    assert nfe == {"ir": 1, "ir_alt": 1, "dpir": 3, "dpir_ir_alt": 3, "ddnm": 2, "conditional": 2}
+    assert json.loads((workdir / "eval.json").read_text())["method"] == METHODS[-1]
+
+
+def test_tau_start_and_seeds(dpir_run):
+    config, workdir = dpir_run
+    restorers = Restorers(config, workdir, create_degradation(config.degradation), (32, 32, 3))
+    y = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    fast = restorers.get("dpir", steps=1, tau=0.25)
+    a, b, c = fast(y, np.arange(8), 0), fast(y, np.arange(8), 0), fast(y, np.arange(8), 1)
+    assert fast.nfe == 2 and a.shape == (8, 32, 32, 3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+    with pytest.raises(ValueError, match=r"tau must be a fraction of T in \(0, 1\]"):
+        restorers.get("dpir", tau=1.5)
+    with pytest.raises(ValueError, match="unknown method 'sr3'"):
+        restorers.get("sr3")
+
+
+def write_images(folder: Path, count: int, size: int) -> None:
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+
+
+def test_restore_a_folder_of_clean_or_degraded_images(dpir_run, tmp_path):
+    config, workdir = dpir_run
+    write_images(tmp_path / "clean", 3, 32)
+    restore.restore_mode(config, workdir, tmp_path / "clean", tmp_path / "out", True, "dpir")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["im0.png", "im0_degraded.png", "im1.png", "im1_degraded.png", "im2.png", "im2_degraded.png"]
+    assert np.asarray(Image.open(tmp_path / "out" / "im0_degraded.png")).shape == (8, 8, 3)
+    write_images(tmp_path / "lr", 2, 8)
+    restore.restore_mode(config, workdir, tmp_path / "lr", tmp_path / "hr", False, "ir")
+    assert np.asarray(Image.open(tmp_path / "hr" / "im1.png")).shape == (32, 32, 3)
+
+
+def test_bad_input_is_one_line(dpir_run, tmp_path):
+    config, workdir = dpir_run
+    write_images(tmp_path / "in", 1, 32)
+    with pytest.raises(ValueError, match=r"is \(inside\) the --input folder; .* never overwritten"):
+        restore.restore_mode(config, workdir, tmp_path / "in", tmp_path / "in" / "sub", True, "ir")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"--input .*empty holds no images \(.png"):
+        restore.restore_mode(config, workdir, tmp_path / "empty", tmp_path / "o", True, "ir")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read image .*x.png"):
+        restore.restore_mode(config, workdir, tmp_path / "bad", tmp_path / "o", True, "ir")
+    with pytest.raises(ValueError, match=r"--input images are \(32, 32, 3\); 'sr4' of \(32, 32, 3\) images gives "
+                                         r"\(8, 8, 3\)"):
+        restore.restore_mode(config, workdir, tmp_path / "in", tmp_path / "o", False, "ir")
+    other = dpir_mnist_sr4.get_config("test")
+    other.denoiser_workdir = config.denoiser_workdir
+    with pytest.raises(ValueError, match=r"was trained on \(32, 32, 3\) images, this config restores \(32, 32, 1\)"):
+        restore.train_mode(other, tmp_path / "mnist", "fusion")
+    other.denoiser_workdir = ""
+    with pytest.raises(ValueError, match="config.denoiser_workdir is empty"):
+        restore.evaluate_mode(other, tmp_path / "mnist", "ddnm")
+    with pytest.raises(FileNotFoundError, match=r"no ir network in .*; run --mode train_ir first"):
+        restore.evaluate_mode(other, tmp_path / "mnist", "ir")
+    bad = dpir_photos_sr4.get_config("test")
+    bad.degradation = "sr3"
+    with pytest.raises(ValueError, match=r"^sr3: the image size 32x32 is not divisible by the scale 3$"):
+        restore.train_mode(bad, tmp_path / "sr3", "ir")
+    bad.degradation = "jpeg:quality=10"
+    with pytest.raises(ValueError, match="unknown degradation 'jpeg'"):
+        restore.train_mode(bad, tmp_path / "jpeg", "ir")
