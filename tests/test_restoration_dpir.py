@@ -125,3 +125,28 @@ class _NonLinear:
 
     def spec(self):
         return "clip"
+
+
+def test_nafnet_loads_an_official_layout_state_dict_by_name():
+    from flax import traverse_util
+
+    from edt_jax.restoration.networks import nafnet_official_name, nafnet_params_from_torch
+
+    net = NAFNet(width=4, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,))
+    params = net.init(jax.random.key(3), jnp.zeros((1, 8, 8, 3)))["params"]
+    flat = traverse_util.flatten_dict(params)
+    # The official layout: conv (out, in, kh, kw), beta / gamma (1, C, 1, 1), names as megvii-research/NAFNet.
+    state = {}
+    for path, value in flat.items():
+        array = np.asarray(value)
+        array = array.transpose(3, 2, 0, 1) if array.ndim == 4 else array
+        state[nafnet_official_name(path)] = array.reshape(1, -1, 1, 1) if path[-1] in ("beta", "gamma") else array
+    assert state["encoders.0.0.conv2.weight"].shape == (8, 1, 3, 3)  # depthwise over 2C channels
+    assert state["middle_blks.0.sca.1.weight"].shape == (8, 8, 1, 1) and state["ups.0.0.weight"].shape == (16, 8, 1, 1)
+    assert state["decoders.0.0.beta"].shape == (1, 4, 1, 1) and "encoders.0.0.norm1.weight" in state
+    loaded = nafnet_params_from_torch(state, net, (8, 8, 3))
+    for path, value in traverse_util.flatten_dict(loaded).items():
+        np.testing.assert_array_equal(value, flat[path])
+    del state["ending.bias"]
+    with pytest.raises(ValueError, match=r"does not fit NAFNet\(width=4, .*\): 1 missing: ending.bias"):
+        nafnet_params_from_torch(state, net, (8, 8, 3))

@@ -16,6 +16,8 @@ Shapes: images NHWC float32 in [-1, 1]; t (B,) the network time (training timest
 
 from __future__ import annotations
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -134,3 +136,51 @@ class FusionNet(nn.Module):
 def count_params(params) -> int:
     """The number of scalars in a parameter tree."""
     return sum(int(p.size) for p in jax.tree.leaves(params))
+
+
+_NAFNET_BLOCK_ROOTS = (  # Flax module name -> the official nn.ModuleList path
+    (re.compile(r"^enc(\d+)_(\d+)$"), r"encoders.\1.\2"),
+    (re.compile(r"^dec(\d+)_(\d+)$"), r"decoders.\1.\2"),
+    (re.compile(r"^middle_(\d+)$"), r"middle_blks.\1"),
+    (re.compile(r"^down(\d+)$"), r"downs.\1"),
+    (re.compile(r"^up(\d+)$"), r"ups.\1.0"),  # nn.Sequential(Conv2d, PixelShuffle)
+)
+
+
+def nafnet_official_name(path: tuple[str, ...]) -> str:
+    """Flax path of ``NAFNet`` -> the key in the official PyTorch NAFNet (megvii-research/NAFNet) state dict.
+
+    ('enc0_1', 'conv2', 'kernel') -> 'encoders.0.1.conv2.weight'; ('middle_0', 'sca', 'bias') ->
+    'middle_blks.0.sca.1.bias'; ('up1', 'kernel') -> 'ups.1.0.weight'; LayerNorm2d's scale -> 'norm1.weight'.
+    """
+    root = path[0]
+    for pattern, official in _NAFNET_BLOCK_ROOTS:
+        if pattern.match(root):
+            root = pattern.sub(official, root)
+            break
+    names = [root]
+    for part in path[1:-1]:
+        if part == "sca":
+            names += ["sca", "1"]  # nn.Sequential(AdaptiveAvgPool2d(1), Conv2d)
+        elif part != "LayerNorm_0":  # LayerNorm2d holds its weight and bias itself
+            names.append(part)
+    names.append({"kernel": "weight", "scale": "weight"}.get(path[-1], path[-1]))
+    return ".".join(names)
+
+
+def nafnet_params_from_torch(state_dict, net: NAFNet, image_shape: tuple[int, int, int]) -> dict:
+    """Flax ``params`` of ``net`` from an official NAFNet state dict (numpy arrays; ``load_state_dict`` reads
+    .pth / .safetensors files). One-line ``ValueError`` naming the missing, mis-shaped and unexpected tensors.
+
+    The official ``beta`` / ``gamma`` are (1, C, 1, 1); convolutions are transposed to Flax's (kh, kw, in, out).
+    """
+    from edt_jax.models.convert import match_state_dict, mismatch_report
+
+    abstract = jax.eval_shape(net.init, jax.random.key(0), jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+    match = match_state_dict(state_dict, abstract["params"], nafnet_official_name,
+                             adapt=lambda a, shape: a.reshape(shape) if a.ndim == 4 and len(shape) == 1 else a)
+    report = mismatch_report(match)
+    if report:
+        raise ValueError(f"the state dict does not fit NAFNet(width={net.width}, enc_blocks={net.enc_blocks}, "
+                         f"middle_blocks={net.middle_blocks}, dec_blocks={net.dec_blocks}): {report}")
+    return match.nested()
