@@ -55,8 +55,8 @@ def measure(restorer, y, x0, keys, degradation, seeds: list[int]) -> dict:
         draws.append(x_hat)
         per_seed.append({k: float(np.mean(v)) for k, v in score(x_hat, x0, y, degradation, keys).items()})
     diversity = float(np.mean(evaluation.diversity(np.stack(draws)))) if len(seeds) > 1 else 0.0
-    return {"nfe": restorer.nfe, "seconds_per_image": float(np.median(seconds)), "diversity": diversity,
-            **{k: [s[k] for s in per_seed] for k in per_seed[0]}}
+    return {"first_draw": draws[0], "nfe": restorer.nfe, "seconds_per_image": float(np.median(seconds)),
+            "diversity": diversity, **{k: [s[k] for s in per_seed] for k in per_seed[0]}}
 
 
 def plot(rows: dict, path: Path, title: str) -> None:
@@ -66,20 +66,52 @@ def plot(rows: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sweep = sorted((r["nfe"], np.mean(r["psnr"])) for name, r in rows.items() if name.startswith("DP-IR, tau"))
-    ax.plot(*zip(*sweep, strict=True), "o-", label="DP-IR, tau-start (DDIM)")
-    for name, style in (("DP-IR, full chain", "C0--"), ("IR network alone", "k:"), ("DDNM, full chain", "C1--"),
+    sweep = sorted((r["nfe"], np.mean(r["psnr"])) for name, r in rows.items()
+                   if name == "DP-IR, full chain" or (name.startswith("DP-IR, tau") and "DDPM" not in name))
+    ax.plot(*zip(*sweep, strict=True), "o-", label="DP-IR, tau-start (DDIM; tau = 1 at the right)")
+    for name, style in (("IR network alone", "k:"), ("DDNM, full chain", "C1--"),
                         ("conditional DPM, full chain", "C2--")):
         if name in rows:
             ax.axhline(np.mean(rows[name]["psnr"]), color=style[:2] if style[0] == "C" else style[0],
                        ls=style[2:] if style[0] == "C" else style[1:], label=f"{name} ({rows[name]['nfe']} NFE)")
     ax.set_xscale("log")
+    ax.set_xticks([n for n, _ in sweep], [str(n) for n, _ in sweep])
+    ax.minorticks_off()
     ax.set_xlabel("network evaluations per image (NFE)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FIGURE_ROWS = ("IR network alone", "DDNM, full chain", "conditional DPM, full chain", "DP-IR, full chain",
+               "DP-IR, tau 0.25")
+
+
+def samples_figure(x0: np.ndarray, y: np.ndarray, draws: dict, path: Path, count: int = 8) -> None:
+    """Rows: y (nearest-neighbour up-sampled), each method's seed-0 restoration, the clean image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edt_jax.restoration.data import to_uint8
+
+    scale = x0.shape[1] // y.shape[1]
+    rows = [("y", np.repeat(np.repeat(y, scale, 1), scale, 2))] + [(n, draws[n]) for n in FIGURE_ROWS if n in draws]
+    rows.append(("clean", x0))
+    fig, axes = plt.subplots(len(rows), count, figsize=(1.1 * count, 1.15 * len(rows)))
+    for r, (name, images) in enumerate(rows):
+        for c in range(count):
+            image = to_uint8(images[c])
+            axes[r, c].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(name.replace(", ", "\n"), fontsize=6, rotation=0, ha="right", va="center")
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -110,12 +142,14 @@ def main() -> None:
     plan["DP-IR with ir_alt, tau 0.25"] = ("dpir_ir_alt", tau_quarter)
     plan["DDNM, tau 0.25"] = ("ddnm", tau_quarter)
     plan["conditional DPM, tau 0.25"] = ("conditional", tau_quarter)
-    rows = {}
+    rows, first_draws = {}, {}
     start = time.perf_counter()
     for i, (name, (method, sampling)) in enumerate(plan.items()):
         deterministic = method in ("ir", "ir_alt")
-        rows[name] = {"method": method, **sampling, **measure(restorers.get(method, **sampling), y, x0, keys,
-                                                              degradation, seeds[:1] if deterministic else seeds)}
+        result = measure(restorers.get(method, **sampling), y, x0, keys, degradation,
+                         seeds[:1] if deterministic else seeds)
+        first_draws[name] = result.pop("first_draw")
+        rows[name] = {"method": method, **sampling, **result}
         elapsed = time.perf_counter() - start
         print(f"[{i + 1}/{len(plan)}] {name}: PSNR {np.mean(rows[name]['psnr']):.2f} dB, "
               f"ETA {elapsed / (i + 1) * (len(plan) - i - 1):.0f} s", flush=True)
@@ -133,6 +167,7 @@ def main() -> None:
               f"({rows['DP-IR, full chain']['nfe']} NFE): {quarter_psnr - full_psnr:+.2f} dB PSNR.\n")
     write_results(args.out, stem, report, {"machine": machine_info(), "args": vars(args), "rows": rows})
     plot(rows, Path(args.out) / f"{stem}.png", f"DP-IR {args.name}: PSNR vs NFE ({len(x0)} test images)")
+    samples_figure(x0, y, first_draws, Path(args.out) / f"{stem}_samples.png")
     print(report)
 
 
