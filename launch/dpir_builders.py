@@ -69,7 +69,6 @@ def train_network(config, workdir: Path, name: str, source, degradation, *, deno
     """
     net, example = build_network(config, name)
     part = config[name]
-    image_shape = (part.batch_size, config.data.image_size, config.data.image_size, config.data.channels)
     apply = lambda p, *args: net.apply({"params": p}, *args)  # noqa: E731
     if name in ("ir", "ir_alt"):
         loss_fn = dpir.ir_loss(apply, degradation, part.loss)
@@ -93,7 +92,7 @@ def train_network(config, workdir: Path, name: str, source, degradation, *, deno
                                       random_flip=config.data.random_flip and not paired, keep_keys=("x0_ir",))
     params = jax.eval_shape(model_init(net, example), jax.random.key(0))
     print(f"{name}: {type(net).__name__} with {count_params(params):,} parameters, {part.steps} steps of "
-          f"{image_shape[0]} images")
+          f"{part.batch_size} images")
     task = Task(init_params=model_init(net, example), loss_fn=loss_fn, frozen=frozen, ema_decay=part.ema_decay)
     options = LoopOptions(total_steps=part.steps, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps,
