@@ -6,7 +6,7 @@
     python benchmarks/restoration.py --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist \\
         --config.denoiser_workdir=/tmp/mnist_edt        # docs/dpir.md
 
-Digits 0..4499 train the networks, 4500..4999 are the test set. The mnist_edt_tiny denoiser saw all
+``get_config("xt")``: the fusion net also takes x_t. Digits 0..4499 train the networks, 4500..4999 are the test set. The mnist_edt_tiny denoiser saw all
 5,000 digits, so on this task the denoiser's prior has seen the test digits (the photo tasks have no such overlap).
 """
 
@@ -14,9 +14,10 @@ from configs.base import dpir_config, dpir_test_variant
 
 
 def get_config(arg=None):
-    if arg not in (None, "", "test"):
-        raise ValueError(f"dpir_mnist_sr4: unknown variant {arg!r}; use none or test")
+    if arg not in (None, "", "xt", "test"):
+        raise ValueError(f"dpir_mnist_sr4: unknown variant {arg!r}; use none, xt or test")
     c = dpir_config("mnist5k", "mnist5k", "sr4", channels=1)
     c.data.train_range, c.data.test_range = (0, 4500), (4500, 5000)
     c.data.random_flip = False  # digits are not mirror-symmetric
+    c.fusion.use_x_t = arg == "xt"  # the fusion net also sees x_t (docs/dpir.md measures it)
     return dpir_test_variant(c) if arg == "test" else c
