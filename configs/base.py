@@ -101,4 +101,6 @@ def dpir_test_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     c.fusion.num_blocks = c.conditional.num_blocks = 1
     c.checkpoint_every_steps, c.log_every_steps = 3, 1
     c.sample.steps, c.eval.num_test, c.eval.batch_size = 2, 8, 8
+    start = c.data.train_range[0] if c.data.train_range else 0
+    c.data.train_range = (start, start + 64)  # a 64-image training bank
     return c

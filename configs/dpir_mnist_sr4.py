@@ -4,9 +4,10 @@
     python -m launch.restore --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist --mode train_ir \\
         --config.denoiser_workdir=/tmp/mnist_edt        # then --mode train_fusion, then --mode evaluate
     python benchmarks/restoration.py --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist \\
-        --config.denoiser_workdir=/tmp/mnist_edt        # docs/dpir.md
+        --denoiser_workdir /tmp/mnist_edt --name mnist_sr4        # docs/dpir.md
 
-``get_config("xt")``: the fusion net also takes x_t. Digits 0..4499 train the networks, 4500..4999 are the test set. The mnist_edt_tiny denoiser saw all
+``get_config("xt")``: the fusion net also takes x_t.
+Digits 0..4499 train the networks, 4500..4999 are the test set. The mnist_edt_tiny denoiser saw all
 5,000 digits, so on this task the denoiser's prior has seen the test digits (the photo tasks have no such overlap).
 """
 

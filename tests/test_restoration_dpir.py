@@ -82,8 +82,8 @@ def test_restore_errors():
 def test_fusion_net_starts_from_the_ir_estimate_and_has_the_papers_size():
     x = jnp.asarray(RNG.uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
     net = FusionNet(width=16, num_blocks=2, use_x_t=True)
-    params = net.init(jax.random.key(0), x, -x, 2 * x, jnp.zeros(2))["params"]
-    np.testing.assert_array_equal(net.apply({"params": params}, x, -x, 2 * x, jnp.full(2, 300.0)), x)
+    params = jax.jit(net.init)(jax.random.key(0), x, -x, 2 * x, jnp.zeros(2))["params"]
+    np.testing.assert_array_equal(jax.jit(net.apply)({"params": params}, x, -x, 2 * x, jnp.full(2, 300.0)), x)
     shape = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
     paper = jax.eval_shape(FusionNet(64, 8).init, jax.random.key(0), shape, shape, shape, jnp.zeros(1))
     assert 0.6e6 < count_params(paper["params"]) < 0.8e6  # the paper's ~0.7M
@@ -92,8 +92,8 @@ def test_fusion_net_starts_from_the_ir_estimate_and_has_the_papers_size():
 def test_nafnet_shapes_levels_and_pixel_shuffle_order():
     net = NAFNet(width=8, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1))
     x = jnp.zeros((2, 16, 16, 3))
-    params = net.init(jax.random.key(0), x)
-    assert net.apply(params, x).shape == x.shape
+    params = jax.jit(net.init)(jax.random.key(0), x)  # jit: eager init runs op by op, seconds on a CPU
+    assert jax.jit(net.apply)(params, x).shape == x.shape
     with pytest.raises(ValueError, match="needs H and W divisible by 4, got 18x18"):
         net.init(jax.random.key(0), jnp.zeros((1, 18, 18, 3)))
     # torch.nn.PixelShuffle: out[c, h r + i, w r + j] = in[c r^2 + i r + j, h, w] (channels-first)
@@ -133,7 +133,7 @@ def test_nafnet_loads_an_official_layout_state_dict_by_name():
     from edt_jax.restoration.networks import nafnet_official_name, nafnet_params_from_torch
 
     net = NAFNet(width=4, enc_blocks=(1,), middle_blocks=1, dec_blocks=(1,))
-    params = net.init(jax.random.key(3), jnp.zeros((1, 8, 8, 3)))["params"]
+    params = jax.jit(net.init)(jax.random.key(3), jnp.zeros((1, 8, 8, 3)))["params"]
     flat = traverse_util.flatten_dict(params)
     # The official layout: conv (out, in, kh, kw), beta / gamma (1, C, 1, 1), names as megvii-research/NAFNet.
     state = {}

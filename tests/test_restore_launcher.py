@@ -17,11 +17,12 @@ from launch.dpir_builders import METHODS, Restorers
 
 @pytest.fixture(scope="module")
 def dpir_run(tiny_shapes_run, tmp_path_factory):
-    """The photo SR x4 test config on the shared tiny shapes denoiser (32x32x3), every network trained 3 steps."""
+    """The photo SR x4 test config on the shared tiny shapes denoiser (32x32x3), each network trained 3 steps
+    (ir_alt is ir's code with another width; not trained here, to save a NAFNet compile)."""
     config = dpir_photos_sr4.get_config("test")
     config.denoiser_workdir = str(tiny_shapes_run)
     workdir = tmp_path_factory.mktemp("dpir")
-    for name in ("ir", "fusion", "ir_alt", "conditional"):
+    for name in ("ir", "fusion", "conditional"):
         result = restore.train_mode(config, workdir, name)
         assert result.step == 3
     return config, workdir
@@ -29,7 +30,7 @@ def dpir_run(tiny_shapes_run, tmp_path_factory):
 
 def test_every_network_is_a_resumable_trainer_run(dpir_run):
     config, workdir = dpir_run
-    for name in ("ir", "ir_alt", "fusion", "conditional"):
+    for name in ("ir", "fusion", "conditional"):
         lines = (workdir / name / "metrics.jsonl").read_text().splitlines()
         assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
         assert json.loads((workdir / name / "config.json").read_text())["network"] == name
@@ -37,15 +38,16 @@ def test_every_network_is_a_resumable_trainer_run(dpir_run):
     assert again.step == 3 and again.history == []
 
 
-def test_every_method_evaluates_and_reports_nfe(dpir_run):
+def test_every_kind_of_method_evaluates_and_reports_nfe(dpir_run):
     config, workdir = dpir_run
     nfe = {}
-    for method in METHODS:
+    for method in ("ir", "dpir", "ddnm", "conditional"):  # ir_alt / dpir_ir_alt: the same code on another net
         result = restore.evaluate_mode(config, workdir, method)
         assert result["num_images"] == 8 and np.isfinite([result["psnr"], result["ssim"], result["consistency"]]).all()
         nfe[method] = result["nfe"]
-    assert nfe == {"ir": 1, "ir_alt": 1, "dpir": 3, "dpir_ir_alt": 3, "ddnm": 2, "conditional": 2}
-    assert json.loads((workdir / "eval.json").read_text())["method"] == METHODS[-1]
+    assert nfe == {"ir": 1, "dpir": 3, "ddnm": 2, "conditional": 2}
+    assert json.loads((workdir / "eval.json").read_text())["method"] == "conditional"
+    assert set(METHODS) == {"ir", "ir_alt", "dpir", "dpir_ir_alt", "ddnm", "conditional"}
 
 
 def test_tau_start_and_seeds(dpir_run):
