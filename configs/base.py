@@ -75,7 +75,7 @@ def dpir_config(train: str, test: str, degradation: str, channels: int, size: in
     c.log_every_steps = 100
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2
-    # CPU-sized: convolutions run at ~5 GFLOP/s on the 2-core CPU, so a few hundred steps of narrow networks.
+    # CPU-sized: a few hundred steps of narrow networks (convolutions are slow on XLA's CPU backend).
     train_recipe = dict(steps=400, batch_size=16, learning_rate=2e-3, loss="l1", ema_decay=0.99)
     # The IR network (NAFNet) and a narrower one for the plug-and-play test (fusion trained with ir, run with ir_alt).
     c.ir = ml_collections.ConfigDict(dict(width=16, enc_blocks=(1, 1), middle_blocks=1, dec_blocks=(1, 1),

@@ -90,10 +90,11 @@ def train_network(config, workdir: Path, name: str, source, degradation, *, deno
     paired = name == "fusion"  # a flip would separate x0 from its precomputed x0_IR
     dataset = data_lib.create_dataset(source, host_batch, seed=part.get("seed", config.seed), label_key=None,
                                       random_flip=config.data.random_flip and not paired, keep_keys=("x0_ir",))
-    params = jax.eval_shape(model_init(net, example), jax.random.key(0))
+    init_params = model_init(net, example)
+    params = jax.eval_shape(init_params, jax.random.key(0))
     print(f"{name}: {type(net).__name__} with {count_params(params):,} parameters, {part.steps} steps of "
           f"{part.batch_size} images")
-    task = Task(init_params=model_init(net, example), loss_fn=loss_fn, frozen=frozen, ema_decay=part.ema_decay)
+    task = Task(init_params=init_params, loss_fn=loss_fn, frozen=frozen, ema_decay=part.ema_decay)
     options = LoopOptions(total_steps=part.steps, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps,
                           keep_checkpoints=config.keep_checkpoints, seed=part.get("seed", config.seed))

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from edt_jax import samplers
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import DiscreteDiffusion, NoiseScheduleVP
+from edt_jax.restoration.networks import lift
 from edt_jax.samplers.wrappers import MODEL_TYPES, output_to_noise
 
 SAMPLERS = ("ddpm", *samplers.ODE_SAMPLERS)
@@ -167,8 +168,6 @@ def ir_loss(ir_apply: Callable[[Any, jax.Array], jax.Array], degradation, loss: 
     step draws fresh degradations (kernels and noise) from its key, so the network never sees the
     same pair twice.
     """
-    from edt_jax.restoration.networks import lift
-
     check_choice("loss", loss, LOSSES)
 
     def loss_fn(params, frozen, batch, key):
