@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 import ml_collections
@@ -51,6 +52,13 @@ def quiet_library_logs() -> None:
         return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
     logging.get_absl_handler().addFilter(keep)
+
+
+def exit_with_error(err: BaseException, code: int = 2) -> None:
+    """End a launcher on bad input (config, data, checkpoint): one line on stderr and in the log, no traceback."""
+    logging.error("%s", err)
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(code)
 
 
 def maybe_initialize_distributed() -> None:

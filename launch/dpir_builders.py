@@ -129,23 +129,11 @@ def load_denoiser(config, image_shape: tuple[int, ...]):
     ``denoise(params, x_t, t_input) -> x0``; ``params`` its EMA parameters.
     The run must be trained on ``image_shape`` (H, W, C) images (one-line error otherwise).
     """
-    from launch.sample import MODEL_TYPE_OF_PREDICTION, load_run
+    from launch.sample import load_frozen_dpm
 
-    run_config, model, diffusion, state, step, _ = load_run(_denoiser_dir(config), None)
-    trained = (model.input_size, model.input_size, model.in_channels)
-    if tuple(image_shape) != trained:
-        raise ValueError(f"the denoiser in {config.denoiser_workdir} was trained on {trained} images, this config "
-                         f"restores {tuple(image_shape)} images; train one on the same image size and channels")
-    # Unconditional: the null label of a class-conditional run, or the one class of a single-class run.
-    label = 0 if model.num_classes == 1 else model.num_classes
-
-    def network(params, x, t_input):
-        return model.apply({"params": params}, x, t_input, jnp.full((x.shape[0],), label, jnp.int32), train=False)
-
-    ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
-    denoise = dpir.x0_predictor(network, ns, MODEL_TYPE_OF_PREDICTION[run_config.loss.prediction],
-                                model.learn_sigma)
-    return denoise, state.ema_params, diffusion, ns
+    dpm = load_frozen_dpm(_denoiser_dir(config), image_shape)
+    denoise = dpir.x0_predictor(dpm.network, dpm.ns, dpm.model_type, dpm.learn_sigma)
+    return denoise, dpm.params, dpm.diffusion, dpm.ns
 
 
 class Restorer:

@@ -15,13 +15,12 @@ library's one trainer (resumable, kill -9 safe); evaluate prints and writes ``DI
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from PIL import Image
 
 from edt_jax import data as data_lib
@@ -171,9 +170,7 @@ def main(argv):
                 raise ValueError("--mode restore needs --input and --output folders")
             restore_mode(config, workdir, Path(f.input), Path(f.output), f.degrade, f.method)
     except (ValueError, FileNotFoundError, ImportError, UnreadableCheckpointError) as err:
-        logging.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        builders.exit_with_error(err)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +106,39 @@ def load_run(workdir: Path, step: int | None):
     mesh = sharding.create_mesh()
     state, step = load_state(workdir / "checkpoints", model_init(model, model_example(model)), tx, mesh, step)
     return config, model, builders.build_diffusion(config), state, step, mesh
+
+
+class FrozenDPM(NamedTuple):
+    """A trained run as a frozen, unconditional network: ``network(params, x, t_input)`` is the raw output
+    (the null label of a class-conditional run, or its one class), ``params`` its EMA parameters."""
+
+    network: Callable
+    params: object
+    diffusion: object
+    ns: NoiseScheduleVP
+    model_type: str
+    learn_sigma: bool
+
+
+def load_frozen_dpm(workdir, image_shape: tuple[int, ...], *, role: str = "denoiser",
+                    user: str = "this config restores") -> FrozenDPM:
+    """The run in ``workdir`` as a ``FrozenDPM``; it must be trained on ``image_shape`` (H, W, C) images
+    (one-line errors naming ``role`` otherwise, or when the workdir is not a run)."""
+    workdir = Path(workdir).expanduser()
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"the {role} workdir {workdir} does not exist; give a launch.train run directory")
+    run_config, model, diffusion, state, _, _ = load_run(workdir, None)
+    trained = (model.input_size, model.input_size, model.in_channels)
+    if tuple(image_shape) != trained:
+        raise ValueError(f"the {role} in {workdir} was trained on {trained} images, {user} "
+                         f"{tuple(image_shape)} images; train one on the same image size and channels")
+    label = 0 if model.num_classes == 1 else model.num_classes
+
+    def network(params, x, t_input):
+        return model.apply({"params": params}, x, t_input, jnp.full((x.shape[0],), label, jnp.int32), train=False)
+
+    return FrozenDPM(network, state.ema_params, diffusion, NoiseScheduleVP.discrete(betas=diffusion.betas),
+                     MODEL_TYPE_OF_PREDICTION[run_config.loss.prediction], model.learn_sigma)
 
 
 def model_time_of_calls(diffusion, steps: int, skip_type: str | None = None) -> np.ndarray:

@@ -9,8 +9,6 @@ Several processes: add --coordinator_address host:port --num_processes N --proce
 
 from __future__ import annotations
 
-import sys
-
 import jax
 from absl import app, flags, logging
 
@@ -49,13 +47,9 @@ def main(argv):
         result = run(flags.FLAGS.config, flags.FLAGS.workdir)
     # Bad configs / inputs / checkpoints: one line, no traceback.
     except (ValueError, FileNotFoundError, ImportError, UnreadableCheckpointError) as err:
-        logging.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        builders.exit_with_error(err)
     except FloatingPointError as err:  # NaN/inf loss: the last good checkpoint is kept
-        logging.error("%s", err)
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(3)
+        builders.exit_with_error(err, 3)
     logging.info("stopped at step %d%s", result.step, " (preempted)" if result.preempted else "")
 
 

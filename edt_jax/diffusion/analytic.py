@@ -75,7 +75,7 @@ class GaussianMixture:
 
         def apply(x, t_input, labels=None):
             t_input = jnp.broadcast_to(jnp.asarray(t_input, x.dtype), (x.shape[0],))
-            t = t_input / 1000.0 + 1.0 / ns.total_N if ns.schedule == "discrete" else t_input
+            t = ns.continuous_time(t_input)
             alpha, sigma = ns.marginal_alpha(t), ns.marginal_std(t)
             weights = None if labels is None else self.conditional_weights(labels)
             x0 = self.posterior_mean(x, alpha, sigma, weights)

@@ -160,6 +160,12 @@ class NoiseScheduleVP:
             return (t_continuous - 1.0 / self.total_N) * 1000.0
         return t_continuous
 
+    def continuous_time(self, t_input):
+        """The inverse of ``model_time``: t_input / 1000 + 1/N for discrete schedules, t_input otherwise."""
+        if self.schedule == "discrete":
+            return t_input / 1000.0 + 1.0 / self.total_N
+        return t_input
+
     def time_grid(self, skip_type: str, steps: int, t_start: float | None = None,
                   t_end: float | None = None) -> np.ndarray:
         """(steps + 1,) float64 decreasing time points from t_start (default T) to t_end (default 1/N).

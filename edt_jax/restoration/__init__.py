@@ -24,7 +24,6 @@ from edt_jax.restoration.degradations import (
     pseudo_inverse,
 )
 from edt_jax.restoration.dpir import (
-    continuous_time,
     fused_model,
     fusion_inputs,
     ir_loss,
@@ -38,6 +37,6 @@ from edt_jax.restoration.motion_kernels import motion_kernel, motion_kernels
 from edt_jax.restoration.networks import FusionNet, NAFNet, count_params, lift
 
 __all__ = ["DEGRADATION_FORMS", "Compose", "FusionNet", "GaussianBlur", "GaussianNoise", "MotionBlur", "NAFNet",
-           "SuperResolution", "continuous_time", "count_params", "create_degradation", "ddnm_model", "fused_model",
+           "SuperResolution", "count_params", "create_degradation", "ddnm_model", "fused_model",
            "fusion_inputs", "image_keys", "ir_loss", "lift", "motion_kernel", "motion_kernels", "null_space_project",
            "pseudo_inverse", "restore", "start_state", "start_timestep", "x0_predictor", "x0_regression_loss"]

@@ -37,11 +37,6 @@ LOSSES = ("l1", "l2")
 X0Fn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, x_t, t_input) -> x0
 
 
-def continuous_time(ns: NoiseScheduleVP, t_input: jax.Array) -> jax.Array:
-    """The samplers' time of a network time: inverse of ``ns.model_time``."""
-    return t_input / 1000.0 + 1.0 / ns.total_N if ns.schedule == "discrete" else t_input
-
-
 def _per_sample(v: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim)).astype(x.dtype)
 
@@ -59,7 +54,7 @@ def x0_predictor(network: Callable[[Any, jax.Array, jax.Array], jax.Array], ns: 
             out = out[..., : x_t.shape[-1]]
         if model_type == "x_start":
             return out
-        t = continuous_time(ns, t_input)
+        t = ns.continuous_time(t_input)
         eps = output_to_noise(out, x_t, t, ns, model_type)
         alpha, sigma = _per_sample(ns.marginal_alpha(t), x_t), _per_sample(ns.marginal_std(t), x_t)
         return (x_t - sigma * eps) / alpha
@@ -93,7 +88,7 @@ def x0_regression_loss(predict: Callable, ns: NoiseScheduleVP, condition: Callab
         t_key, noise_key, condition_key = jax.random.split(key, 3)
         t_index = jax.random.randint(t_key, (x0.shape[0],), 0, ns.total_N)
         t_input = t_index.astype(jnp.float32) * (1000.0 / ns.total_N)
-        t = continuous_time(ns, t_input)
+        t = ns.continuous_time(t_input)
         noise = jax.random.normal(noise_key, x0.shape, jnp.float32)
         x_t = _per_sample(ns.marginal_alpha(t), x0) * x0 + _per_sample(ns.marginal_std(t), x0) * noise
         error = predict(params, frozen, condition(batch, condition_key), x_t, t_input) - x0
