@@ -104,3 +104,37 @@ def dpir_test_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     start = c.data.train_range[0] if c.data.train_range else 0
     c.data.train_range = (start, start + 64)  # a 64-image training bank
     return c
+
+
+def disentangle_config(source: str = "shapes") -> ml_collections.ConfigDict:
+    """Defaults of the disentanglement configs (``launch.disentangle``): data, training loop, evaluation."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 2000
+    c.batch_size = 32
+    c.log_every_steps = 100
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 2
+    c.ema_decay = 0.999
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.data = ml_collections.ConfigDict(dict(source=source, image_size=32, channels=3, random_flip=False))
+    c.optimizer = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, weight_decay=0.0,
+                                                 schedule="constant", grad_clip_norm=1.0))
+    # disentanglement_lib's defaults, as DisDiff's evaluate.py runs them (prune 0.05, 20 histogram bins).
+    c.eval = ml_collections.ConfigDict(dict(
+        seed=0, protocols=("pca", "raw"), encode_batch_size=2048, raw_metrics=("factor_vae", "dci", "mig"),
+        factor_vae=dict(batch_size=64, num_train=10000, num_eval=5000, num_variance_estimate=10000),
+        dci=dict(num_train=10000, num_test=5000, batch_size=16),
+        mig=dict(num_train=10000, batch_size=16, num_bins=20)))
+    return c
+
+
+def disentangle_test_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The tests' variant: a few steps, small metric samples, a slice of shapes so encoding is quick."""
+    c.total_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 4, 8, 2, 2
+    c.data.source = "shapes:background_hue=0,scale=3,x_position=3+4,y_position=4"
+    c.eval.protocols = ("pca", "raw")
+    c.eval.factor_vae = dict(batch_size=16, num_train=40, num_eval=20, num_variance_estimate=200)
+    c.eval.dci = dict(num_train=100, num_test=50, batch_size=16)
+    c.eval.mig = dict(num_train=200, batch_size=16, num_bins=20)
+    return c

@@ -1,0 +1,48 @@
+"""DisDiff on the embedded shapes dataset: disentangle a frozen shapes DPM (all 7 factors) without labels.
+
+    python -m launch.train --config configs/shapes_edt_tiny.py:full --workdir /tmp/shapes_full_dpm
+    python -m launch.disentangle --config configs/shapes_disdiff.py --workdir /tmp/disdiff \\
+        --dpm_workdir /tmp/shapes_full_dpm --mode train
+    python -m launch.disentangle --config configs/shapes_disdiff.py --workdir /tmp/disdiff --mode evaluate
+    python -m launch.disentangle --config configs/shapes_disdiff.py --workdir /tmp/disdiff --mode swap
+
+Variants: ``:n6`` (N = 6 factor codes, the official default, instead of the 7 true factors), ``:lambda0``
+(reconstruction only), ``:test`` (a few steps for the tests). The frozen DPM is a pixel-space run of
+``launch.train`` (the official code works in an LDM's latent space; at 32x32 pixel space is cheaper and
+needs no VAE). Numbers: docs/disdiff.md (from benchmarks/results/disentanglement_shapes_cpu.*).
+"""
+
+import ml_collections
+
+from configs.base import disentangle_config, disentangle_test_variant
+
+VARIANTS = (None, "", "n6", "lambda0", "test")
+
+
+def get_config(arg=None):
+    if arg not in VARIANTS:
+        raise ValueError(f"shapes_disdiff: unknown variant {arg!r}; use none, n6, lambda0 or test")
+    c = disentangle_config("shapes")
+    c.dpm_workdir = ""  # the frozen DPM: a launch.train run on 32x32x3 shapes (or --dpm_workdir)
+    c.model = ml_collections.ConfigDict(dict(
+        name="DisDiff",
+        num_factors=6 if arg == "n6" else 7,  # N code chunks; shapes has 7 true factors
+        code_dim=32,  # d, as the official configs
+        encoder_widths=(32, 64, 64, 128),  # stride-2 convs 32 -> 2, then a linear layer to N * d
+        decoder_widths=(32, 64),  # sub-gradient decoder on 4x4 pixel blocks (the DPM's patches): 8x8 and 4x4
+        patch_size=4,  # 2.8x the images per second of 2x2 blocks on the 2-core CPU (85.7 vs 30.3 img/s)
+        embed_dim=64,  # rows of the orthogonal factor embedding expm(W^T - W)
+        dis_weight=0.0 if arg == "lambda0" else 0.05,  # lambda; the official README runs 0.05
+    ))
+    c.total_steps = 600  # a CPU budget: ~0.37 s per step of 32 images on 2 cores
+    # DCI fits one gradient-boosting classifier per factor on every code entry: on the N * d = 224 raw entries that
+    # is minutes per run on a CPU, so the raw codes get FactorVAE and MIG (DCI runs on the PCA protocol's N codes).
+    c.eval.raw_metrics = ("factor_vae", "mig")
+    # 32 sources (the "what changes" table), the first grid_columns of them in the grid.
+    c.swap = ml_collections.ConfigDict(dict(num_images=32, grid_columns=8, sampler="ddim", steps=20, seed=0,
+                                            start="inversion"))
+    if arg == "test":
+        disentangle_test_variant(c)
+        c.model.update(dict(code_dim=4, encoder_widths=(8, 8, 8, 8), decoder_widths=(8, 8), embed_dim=8))
+        c.swap.update(dict(num_images=2, grid_columns=2, steps=2))
+    return c

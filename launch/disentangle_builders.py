@@ -1,0 +1,123 @@
+"""What ``launch.disentangle`` builds from a config: the method (DisDiff or the beta-VAE), its task and encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from edt_jax import data as data_lib
+from edt_jax import disentangle
+from edt_jax.checks import check_choice
+from edt_jax.disentangle.baselines import beta_vae_loss
+from edt_jax.training import sharding
+from edt_jax.training.loop import LoopOptions, train
+from edt_jax.training.task import Task
+from edt_jax.training.train_state import load_state
+from launch import builders
+
+METHODS = ("DisDiff", "BetaVAE")
+
+
+@dataclasses.dataclass
+class Method:
+    """A representation learner: ``init_params(key)``, the trainer's ``loss_fn``, its ``frozen`` arrays and
+    ``encode(params, x) -> (B, K)`` codes; ``num_chunks`` is N for DisDiff's chunked codes (None for the VAE)."""
+
+    name: str
+    init_params: Callable[[jax.Array], Any]
+    loss_fn: Callable
+    encode: Callable[[Any, jax.Array], jax.Array]
+    num_chunks: int | None
+    frozen: Any = None
+    disdiff: disentangle.DisDiff | None = None
+    dpm: Any = None
+
+
+def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    return (config.data.image_size, config.data.image_size, config.data.channels)
+
+
+def _check_model(m: ml_collections.ConfigDict) -> None:
+    check_choice("model.name", m.name, METHODS)
+    if m.name == "DisDiff":
+        if not isinstance(m.num_factors, int) or m.num_factors < 2:
+            raise ValueError(f"model.num_factors={m.num_factors!r}: DisDiff needs N >= 2 factor codes")
+        if not isinstance(m.code_dim, int) or m.code_dim < 1:
+            raise ValueError(f"model.code_dim={m.code_dim!r}: the code of each factor needs d >= 1 entries")
+        if m.dis_weight < 0:
+            raise ValueError(f"model.dis_weight={m.dis_weight!r}: lambda must be >= 0 (0 = reconstruction only)")
+    elif not isinstance(m.latent_dim, int) or m.latent_dim < 1:
+        raise ValueError(f"model.latent_dim={m.latent_dim!r}: the beta-VAE needs at least 1 latent")
+
+
+def dpm_dir(config: ml_collections.ConfigDict, flag: str | None) -> Path:
+    """The frozen DPM's workdir: ``--dpm_workdir``, else ``config.dpm_workdir``."""
+    path = flag or config.get("dpm_workdir", "")
+    if not path:
+        raise ValueError("DisDiff needs the frozen DPM: give --dpm_workdir (a launch.train run on the same images)")
+    return Path(path).expanduser()
+
+
+def build_method(config: ml_collections.ConfigDict, dpm_workdir: Path | None = None) -> Method:
+    """The config's method; DisDiff loads its frozen DPM from ``dpm_workdir`` when given (training, swaps)."""
+    m = config.model
+    _check_model(m)
+    shape = image_shape(config)
+    if m.name == "BetaVAE":
+        vae = disentangle.BetaVAE(m.latent_dim, shape, tuple(m.encoder_widths))
+        example = jnp.zeros((1, *shape), jnp.float32)
+        noise = jnp.zeros((1, m.latent_dim), jnp.float32)
+        return Method("BetaVAE", lambda key: vae.init(key, example, noise)["params"], beta_vae_loss(vae, m.beta),
+                      lambda params, x: vae.apply({"params": params}, x, method="encode")[0], None)
+
+    encoder = disentangle.Encoder(m.num_factors, m.code_dim, tuple(m.encoder_widths))
+    decoder = disentangle.SubGradientDecoder(m.num_factors, tuple(m.decoder_widths), m.embed_dim, m.patch_size)
+    dpm = eps_fn = None
+    alphas_cumprod = np.zeros((0,))  # no DPM: only the encoder is used (evaluation)
+    if dpm_workdir is not None:
+        from launch.sample import load_frozen_dpm
+
+        dpm = load_frozen_dpm(dpm_workdir, shape, role="DPM", user="this config disentangles")
+        eps_fn = disentangle.noise_predictor(dpm.network, dpm.ns, dpm.model_type, dpm.learn_sigma)
+        alphas_cumprod = dpm.diffusion.alphas_cumprod
+    model = disentangle.DisDiff(encoder, decoder, eps_fn, np.asarray(alphas_cumprod), m.dis_weight)
+
+    def encode(params, x):
+        return model.encode(params, x).reshape(x.shape[0], -1)
+
+    return Method("DisDiff", model.init_params(shape), model.loss_fn, encode, m.num_factors,
+                  frozen=None if dpm is None else dpm.params, disdiff=model, dpm=dpm)
+
+
+def train_method(config: ml_collections.ConfigDict, workdir: Path, method: Method):
+    """Train ``method`` with the library's trainer into ``workdir`` (resumable, kill -9 safe)."""
+    if method.name == "DisDiff" and method.dpm is None:
+        raise ValueError("DisDiff trains on a frozen DPM: give --dpm_workdir")
+    mesh = builders.build_mesh(config)
+    host_batch = data_lib.host_batch_size(config.batch_size, mesh=mesh)
+    source = data_lib.create_source(config.data.source)
+    dataset = data_lib.create_dataset(source, host_batch, seed=config.seed, label_key=None,
+                                      image_size=config.data.image_size, channels=config.data.channels,
+                                      random_flip=config.data.random_flip, keep_keys=())
+    task = Task(init_params=method.init_params, loss_fn=method.loss_fn, frozen=method.frozen,
+                ema_decay=config.ema_decay)
+    options = LoopOptions(total_steps=config.total_steps, log_every_steps=config.log_every_steps,
+                          checkpoint_every_steps=config.checkpoint_every_steps,
+                          keep_checkpoints=config.keep_checkpoints, seed=config.seed)
+    return train(task, builders.build_optimizer(config), dataset, mesh, workdir, options, config=config.to_dict())
+
+
+def load_params(config: ml_collections.ConfigDict, workdir: Path, method: Method) -> tuple[Any, int]:
+    """(EMA params, step) of the newest readable checkpoint of a trained run."""
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no trained {method.name} in {workdir}; run --mode train first")
+    state, step = load_state(directory, method.init_params, builders.build_optimizer(config), sharding.create_mesh())
+    return state.ema_params, step
