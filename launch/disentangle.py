@@ -112,23 +112,29 @@ def swap_mode(config, workdir: Path, dpm_flag: str | None) -> dict:
     sources = ground_truth.observations_at(picks[:s.num_images])
     donors = ground_truth.observations_at(picks[s.num_images:])
 
+    def start_noise(codes, fields_on):
+        """x_T of the sources: their DDIM inversion under their own codes (or the same noise for all)."""
+        if s.start != "inversion":
+            return jax.random.normal(jax.random.key(s.seed), sources.shape, jnp.float32)
+        eps_model = model.noise_model(params, dpm.params, codes, dpm.ns, fields_on)
+        return disentangle.ddim_invert(eps_model, jnp.asarray(sources), dpm.ns, steps=s.steps)
+
     @jax.jit
-    def generate(codes, x_T):
-        eps_model = model.noise_model(params, dpm.params, codes, dpm.ns)
+    def generate(codes, x_T, fields_on):
+        eps_model = model.noise_model(params, dpm.params, codes, dpm.ns, fields_on)
         return disentangle.sample(eps_model, x_T, jax.random.key(s.seed), dpm.ns, dpm.diffusion,
                                   sampler=s.sampler, steps=s.steps)
 
     codes, donor_codes = (jax.jit(model.encode)(params, jnp.asarray(x)) for x in (sources, donors))
-    if s.start == "inversion":  # regenerate from the DDIM inversion of each source under its own codes
-        x_T = jax.jit(lambda c, x: disentangle.ddim_invert(model.noise_model(params, dpm.params, c, dpm.ns), x,
-                                                           dpm.ns, steps=s.steps))(codes, jnp.asarray(sources))
-    else:
-        x_T = jax.random.normal(jax.random.key(s.seed), sources.shape, jnp.float32)
+    all_on, all_off = jnp.ones(model.num_factors), jnp.zeros(model.num_factors)
+    x_T = jax.jit(start_noise)(codes, all_on)
+    # The frozen DPM alone (every field off), the reference for how much the fields add to a reconstruction.
+    dpm_alone = np.asarray(generate(codes, jax.jit(start_noise)(codes, all_off), all_off))
     start = time.time()
-    reconstructions = np.asarray(generate(codes, x_T))
+    reconstructions = np.asarray(generate(codes, x_T, all_on))
     swapped = []
     for c in range(model.num_factors):
-        swapped.append(np.asarray(generate(disentangle.swap_codes(codes, donor_codes, c), x_T)))
+        swapped.append(np.asarray(generate(disentangle.swap_codes(codes, donor_codes, c), x_T, all_on)))
         logging.info("factor %d/%d swapped, ETA %.0f s", c + 1, model.num_factors,
                      (time.time() - start) / (c + 2) * (model.num_factors - c - 1))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -137,14 +143,16 @@ def swap_mode(config, workdir: Path, dpm_flag: str | None) -> dict:
     Image.fromarray(grid.squeeze()).save(workdir / "swap.png")
     report = {"step": int(step), "num_images": int(s.num_images), "sampler": s.sampler, "steps": int(s.steps),
               "start": s.start, "grid": str(workdir / "swap.png"),
-              "reconstruction_rmse": float(np.sqrt(np.mean((reconstructions - sources) ** 2)))}
+              "reconstruction_rmse": float(np.sqrt(np.mean((reconstructions - sources) ** 2))),
+              "dpm_alone_rmse": float(np.sqrt(np.mean((dpm_alone - sources) ** 2)))}
     predict = _classifier_predict(config)
     if predict is not None:
         names = list(ground_truth.factor_names)
         table = evaluation.what_changes(predict, reconstructions, swapped, names)
+        versus_source = evaluation.what_changes(predict, sources, [reconstructions, dpm_alone], names)
         report.update({"factors": names, "what_changes": table.tolist(),
-                       "reconstruction_vs_source": evaluation.what_changes(predict, sources, [reconstructions],
-                                                                          names)[0].tolist()})
+                       "reconstruction_vs_source": versus_source[0].tolist(),
+                       "dpm_alone_vs_source": versus_source[1].tolist()})
         (workdir / "what_changes.json").write_text(json.dumps(report, indent=1))
     return report
 

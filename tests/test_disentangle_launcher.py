@@ -58,6 +58,7 @@ def test_swap_writes_the_grid_and_the_table(disdiff_run):
     rows, cols = n + 3, config.swap.grid_columns  # sources, reconstructions, one per factor, donors
     assert grid.shape == (rows * 34 + 2, cols * 34 + 2, 3)
     assert json.loads((workdir / "what_changes.json").read_text())["what_changes"] == report["what_changes"]
+    assert len(report["dpm_alone_vs_source"]) == len(factors) and report["dpm_alone_rmse"] > 0
 
 
 def test_beta_vae_trains_and_scores_its_raw_codes(tmp_path):

@@ -48,3 +48,10 @@ def test_readme_restoration_example_runs():
     assert namespace["y"].shape == (2, 8, 8, 3) and namespace["x_hat"].shape == (2, 32, 32, 3)
     # The fusion net starts from x0_IR and the stand-in denoiser adds nothing: the chain returns ~x0_IR.
     assert float(jnp.max(jnp.abs(namespace["x_hat"] - namespace["x0_ir"]))) < 0.1
+
+
+def test_readme_disdiff_example_runs():
+    namespace = run_readme_block("disentangle.DisDiff(")
+    assert namespace["images"].shape == (8, 32, 32, 3)
+    # Zero-initialised fields and a zero stand-in DPM: the loss is the L1 norm of the noise, E|N(0,1)| ~ 0.8.
+    assert abs(float(namespace["loss"]) - 0.8) < 0.1 and 0 <= namespace["scores"]["discrete_mig"] <= 1
