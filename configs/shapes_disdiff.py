@@ -30,11 +30,11 @@ def get_config(arg=None):
         code_dim=32,  # d, as the official configs
         encoder_widths=(32, 64, 64, 128),  # stride-2 convs 32 -> 2, then a linear layer to N * d
         decoder_widths=(32, 64),  # sub-gradient decoder on 4x4 pixel blocks (the DPM's patches): 8x8 and 4x4
-        patch_size=4,  # 2.8x the images per second of 2x2 blocks on the 2-core CPU (85.7 vs 30.3 img/s)
+        patch_size=4,  # 2x2 blocks ran at a third of the speed on the 2-core CPU
         embed_dim=64,  # rows of the orthogonal factor embedding expm(W^T - W)
         dis_weight=0.0 if arg == "lambda0" else 0.05,  # lambda; the official README runs 0.05
     ))
-    c.total_steps = 600  # a CPU budget: ~0.37 s per step of 32 images on 2 cores
+    c.total_steps = 600  # a CPU budget (docs/disdiff.md)
     # DCI fits one gradient-boosting classifier per factor on every code entry: on the N * d = 224 raw entries that
     # is minutes per run on a CPU, so the raw codes get FactorVAE and MIG (DCI runs on the PCA protocol's N codes).
     c.eval.raw_metrics = ("factor_vae", "mig")
