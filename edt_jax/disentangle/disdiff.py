@@ -27,25 +27,10 @@ from edt_jax import samplers
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import DiscreteDiffusion, NoiseScheduleVP
 from edt_jax.disentangle.losses import disentangling_loss, shifted_x0, train_shift_coef
-from edt_jax.samplers.wrappers import MODEL_TYPES, output_to_noise
+from edt_jax.samplers.wrappers import noise_predictor  # noqa: F401 (re-exported)
 
 SAMPLERS = ("ddpm", *samplers.ODE_SAMPLERS)
 EpsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (dpm_params, x_t, t_input) -> eps
-
-
-def noise_predictor(network: Callable[[Any, jax.Array, jax.Array], jax.Array], ns: NoiseScheduleVP,
-                    model_type: str, learned_sigma: bool) -> EpsFn:
-    """``(params, x_t, t_input) -> eps``: a network of any ``model_type`` ("noise", "x_start", "v", "score")
-    as a noise predictor; with ``learned_sigma`` only the first C output channels are read."""
-    check_choice("model_type", model_type, MODEL_TYPES)
-
-    def eps(params, x_t, t_input):
-        out = network(params, x_t, t_input).astype(jnp.float32)
-        if learned_sigma:
-            out = out[..., : x_t.shape[-1]]
-        return output_to_noise(out, x_t, ns.continuous_time(t_input), ns, model_type)
-
-    return eps
 
 
 def swap_codes(codes: jax.Array, donors: jax.Array, factor: int) -> jax.Array:

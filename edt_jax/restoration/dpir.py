@@ -30,7 +30,7 @@ from edt_jax import samplers
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import DiscreteDiffusion, NoiseScheduleVP
 from edt_jax.restoration.networks import lift
-from edt_jax.samplers.wrappers import MODEL_TYPES, output_to_noise
+from edt_jax.samplers.wrappers import MODEL_TYPES, noise_predictor, prediction_reader
 
 SAMPLERS = ("ddpm", *samplers.ODE_SAMPLERS)
 LOSSES = ("l1", "l2")
@@ -47,15 +47,13 @@ def x0_predictor(network: Callable[[Any, jax.Array, jax.Array], jax.Array], ns: 
     turned into a data predictor. ``network(params, x_t, t_input)`` returns (B, ..., C) or, with
     ``learned_sigma``, (B, ..., 2C) whose first C channels are the prediction."""
     check_choice("model_type", model_type, MODEL_TYPES)
+    read, noise = prediction_reader(network, learned_sigma), noise_predictor(network, ns, model_type, learned_sigma)
 
     def x0(params, x_t, t_input):
-        out = network(params, x_t, t_input).astype(jnp.float32)
-        if learned_sigma:
-            out = out[..., : x_t.shape[-1]]
         if model_type == "x_start":
-            return out
+            return read(params, x_t, t_input)
+        eps = noise(params, x_t, t_input)
         t = ns.continuous_time(t_input)
-        eps = output_to_noise(out, x_t, t, ns, model_type)
         alpha, sigma = _per_sample(ns.marginal_alpha(t), x_t), _per_sample(ns.marginal_std(t), x_t)
         return (x_t - sigma * eps) / alpha
 

@@ -44,6 +44,29 @@ def output_to_noise(output: jax.Array, x: jax.Array, t_continuous: jax.Array, ns
     return -sigma * output  # score = -eps / sigma
 
 
+def prediction_reader(network: Callable, learned_sigma: bool) -> Callable:
+    """``(params, x_t, t_input) -> prediction`` in float32: the network's output, or with ``learned_sigma`` its
+    first C channels (the rest is the variance)."""
+
+    def read(params, x_t, t_input):
+        out = network(params, x_t, t_input).astype(jnp.float32)
+        return out[..., : x_t.shape[-1]] if learned_sigma else out
+
+    return read
+
+
+def noise_predictor(network: Callable, ns: NoiseScheduleVP, model_type: str, learned_sigma: bool) -> Callable:
+    """``(params, x_t, t_input) -> eps``: a network of any ``model_type`` ("noise", "x_start", "v", "score")
+    as a noise predictor; ``t_input`` is the network's time (``ns.model_time``)."""
+    check_choice("model_type", model_type, MODEL_TYPES)
+    read = prediction_reader(network, learned_sigma)
+
+    def eps(params, x_t, t_input):
+        return output_to_noise(read(params, x_t, t_input), x_t, ns.continuous_time(t_input), ns, model_type)
+
+    return eps
+
+
 def _concat_conditions(uncond, cond):
     return jax.tree_util.tree_map(lambda u, c: jnp.concatenate([u, c], axis=0), uncond, cond)
 
