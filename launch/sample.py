@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from PIL import Image
 
 from edt_jax import samplers
@@ -307,10 +307,12 @@ def main(argv):
     np.savez(output.with_suffix(".npz"), samples=samples, labels=labels[:num], step=step, **extra)
     if samples.shape[-1] in (1, 3):
         save_grid(samples, output)
-        logging.info("wrote %s and %s (step %d, %s parameters)", output, output.with_suffix(".npz"), step,
-                     "EMA" if use_ema else "raw")
+        # stdout, not the log: the one line a user needs after the command returns.
+        print(f"wrote {len(samples)} samples (step {step}, {'EMA' if use_ema else 'raw'} parameters): the grid "
+              f"{output.resolve()} and the arrays {output.with_suffix('.npz').resolve()}")
     else:
-        logging.info("wrote latents to %s (pass --vae or set vae.path to decode them)", output.with_suffix(".npz"))
+        print(f"wrote {len(samples)} latents to {output.with_suffix('.npz').resolve()} (pass --vae or set vae.path "
+              "to decode them)")
 
 
 if __name__ == "__main__":

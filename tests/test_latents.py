@@ -131,3 +131,4 @@ def test_train_on_latents_then_sample_decodes_with_the_vae(extracted, tmp_path):
     assert saved["latents"].shape == (4, 16, 16, 4)
     assert saved["samples"].shape == (4, 32, 32, 3) and np.abs(saved["samples"]).max() <= 1
     assert (tmp_path / "grid.png").is_file()
+    assert f"the grid {(tmp_path / 'grid.png').resolve()}" in out.stdout  # the command says where it wrote
