@@ -6,7 +6,8 @@ Reads the samples ``launch.sample`` wrote (``samples``: float (N, H, W, C) in [-
 source (``data.source`` in ``WORKDIR/config.json``, or ``--source``), renders every distinct training image
 (sources of up to ``--max_images``), and prints, in RMS pixel distance on the 0-255 scale, each sample's nearest
 and second-nearest training image against the closest pair of distinct training images. A sample nearer its
-nearest training image than any two training images are to each other is, by eye, a copy of it.
+nearest training image than any two training images are to each other is, by eye, a copy of it; the median
+distance of a training image to its nearest other training image says what "near" means for this dataset.
 """
 
 from __future__ import annotations
@@ -46,24 +47,38 @@ def main() -> None:
     parser.add_argument("--workdir", help="the training run (its config.json names the data source)")
     parser.add_argument("--source", help="the training data source, instead of --workdir's")
     parser.add_argument("--max_images", type=int, default=20_000)
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
     args = parser.parse_args()
     if not args.source and not args.workdir:
         parser.error("give --workdir (a launch.train run) or --source (a data source spec)")
     spec = args.source or json.loads((Path(args.workdir) / "config.json").read_text())["data"]["source"]
-    train = distinct_images(spec, args.max_images)
     with np.load(args.samples) as data:
-        samples = to_uint8(data["samples"]).reshape(len(data["samples"]), -1).astype(np.float32)
-    nearest = np.sort(rms_distances(samples, train), axis=1)[:, :2]
+        samples = data["samples"]
+    result = nearest_distances(samples, spec, args.max_images)
+    print(md_table(["", "nearest: median (p10-p90)", "second nearest: median", "closest training pair",
+                    "a training image's nearest other: median", "fraction nearer than the closest pair"],
+                   [[f"{len(samples)} samples vs {result['training_images']} distinct training images of `{spec}`",
+                     f"{result['nearest_median']:.1f} ({result['nearest_p10']:.1f}-{result['nearest_p90']:.1f})",
+                     f"{result['second_nearest_median']:.1f}", f"{result['closest_training_pair']:.1f}",
+                     f"{result['training_nearest_median']:.1f}", f"{result['fraction_nearer_than_pair']:.2f}"]]))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"source": spec, "samples": args.samples, **result}, indent=1))
+
+
+def nearest_distances(samples: np.ndarray, spec: str, max_images: int) -> dict:
+    """Samples (N, H, W, C) in [-1, 1] against the distinct images of source ``spec``, in RMS 0-255 distances."""
+    train = distinct_images(spec, max_images)
+    flat = to_uint8(samples).reshape(len(samples), -1).astype(np.float32)
+    nearest = np.sort(rms_distances(flat, train), axis=1)[:, :2]
     pairs = rms_distances(train, train)
     np.fill_diagonal(pairs, np.inf)
     closest_pair = float(pairs.min())
-    rows = [[f"{len(samples)} samples vs {len(train)} distinct training images of `{spec}`",
-             f"{np.median(nearest[:, 0]):.1f} ({np.percentile(nearest[:, 0], 10):.1f}-"
-             f"{np.percentile(nearest[:, 0], 90):.1f})", f"{np.median(nearest[:, 1]):.1f}", f"{closest_pair:.1f}",
-             f"{np.mean(nearest[:, 0] < closest_pair):.2f}"]]
-    print(md_table(["", "nearest: median (p10-p90)", "second nearest: median", "closest training pair",
-                    "fraction nearer than that pair"], rows))
-
+    return {"training_images": len(train), "nearest_median": float(np.median(nearest[:, 0])),
+            "nearest_p10": float(np.percentile(nearest[:, 0], 10)),
+            "nearest_p90": float(np.percentile(nearest[:, 0], 90)),
+            "second_nearest_median": float(np.median(nearest[:, 1])), "closest_training_pair": closest_pair,
+            "training_nearest_median": float(np.median(pairs.min(axis=1))),
+            "fraction_nearer_than_pair": float(np.mean(nearest[:, 0] < closest_pair))}
 
 if __name__ == "__main__":
     main()
