@@ -3,7 +3,7 @@
     python benchmarks/ablations.py --workroot /tmp/ablations --steps 3000 --train_seeds 0,1 --sample_seeds 0,1
 
 Variants, all on the whole embedded shapes dataset with ``configs/shapes_edt_tiny.py:full``'s recipe (FD_shapes
-compares with the whole dataset, so the main job's slice would not fit it):
+compares with the whole dataset, so the shapes_edt_tiny slice would not fit it):
 
     edt        the tiny EDT, plain pass                       (configs/shapes_edt_tiny.py:full)
     edt_mask   the same with EDT's token-masking training      (--config.loss.masked_pass=True)

@@ -28,8 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss = ml_collections.ConfigDict(dict(prediction="eps", weighting="min_snr", snr_gamma=5.0, masked_pass=False))
     c.optimizer = ml_collections.ConfigDict(dict(name="adamw", learning_rate=1e-4, weight_decay=0.0,
                                                  schedule="constant", grad_clip_norm=None))
-    # The VAE of latent-space runs (the SD VAE layout): launch.extract_latents encodes with it and
-    # launch.sample decodes with it when `path` (a local diffusers VAE folder or weights file) is set.
+    # The SD VAE of latent runs (extract_latents encodes, sample decodes); path: a local diffusers folder or file.
     c.vae = ml_collections.ConfigDict(dict(path="", scale=0.18215, block_out_channels=(128, 256, 512, 512),
                                            layers_per_block=2, norm_num_groups=32, latent_channels=4,
                                            dtype="float32"))
@@ -45,9 +44,7 @@ def imagenet256_latents(c: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     c.data.data_dir = "~/tensorflow_datasets"
     # The images launch.extract_latents encodes into that dataset (ImageNet's train folder: n01440764/...).
     c.data.image_source = "folder:~/imagenet/train"
-    # launch.extract_latents stores the posterior samples already multiplied by vae.scale (as EDT's
-    # extract_features.py does), so the pipeline applies no further scale.
-    c.data.latent_scale = 1.0
+    c.data.latent_scale = 1.0  # the latents are stored already times vae.scale (EDT's extract_features.py)
     c.data.image_size = 256  # what launch.extract_latents centre-crops the images to
     c.data.random_flip = False  # DiT/EDT flip the images once, when the latents are extracted
     c.batch_size = 256

@@ -1,6 +1,8 @@
 """DiT-S/2 on ImageNet 256 latents: the baseline (AdamW, lr 1e-4, no masking, uniform timesteps).
 
     python -m launch.train --config configs/dit_s_imagenet256.py --workdir DIR --config.data.data_dir=/path/to/tfds
+
+Latent extraction, several hosts, TPU pods and mesh overrides: docs/training.md.
 """
 
 from configs.base import base_config, imagenet256_latents

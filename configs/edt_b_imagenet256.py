@@ -2,6 +2,8 @@
 
     python -m launch.train --config configs/edt_b_imagenet256.py --workdir DIR \
         --config.data.data_dir=/path/to/tfds   # holds the prepared imagenet256_sd_vae_latents dataset
+
+Latent extraction, several hosts, TPU pods and mesh overrides: docs/training.md.
 """
 
 from configs.base import base_config, imagenet256_latents

@@ -35,8 +35,7 @@ def get_config(arg=None):
         dis_weight=0.0 if arg == "lambda0" else 0.05,  # lambda; the official README runs 0.05
     ))
     c.total_steps = 600  # a CPU budget (docs/disdiff.md)
-    # DCI fits one gradient-boosting classifier per factor on every code entry: on the N * d = 224 raw entries that
-    # is minutes per run on a CPU, so the raw codes get FactorVAE and MIG (DCI runs on the PCA protocol's N codes).
+    # DCI on the N * d = 224 raw entries takes minutes on a CPU: it runs on the PCA protocol's N codes only.
     c.eval.raw_metrics = ("factor_vae", "mig")
     # 32 sources (the "what changes" table), the first grid_columns of them in the grid.
     c.swap = ml_collections.ConfigDict(dict(num_images=32, grid_columns=8, sampler="ddim", steps=20, seed=0,

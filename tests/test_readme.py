@@ -1,22 +1,54 @@
-"""The README's examples run as written."""
+"""The README's code blocks run as written: every python block, the install commands and the main job."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+sys.path.insert(0, str(REPO / "benchmarks"))
+import main_job  # noqa: E402  (benchmarks/main_job.py: the main job's commands, timed)
+
+# One marker per python block of the README, each run by a test below.
+MARKERS = ("nn.Dense(8)", 'create_model("EDT-S/2")', "guidance_schedule(4.0", "restoration.create_degradation",
+           "disentangle.DisDiff(")
 
 
-def run_readme_block(marker: str) -> dict:
-    """Execute the README's python block containing ``marker``; return its namespace."""
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    example = next(b for b in blocks if marker in b)
+def blocks(language: str, path: Path = README) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
+
+
+def run_readme_block(marker: str, path: Path = README) -> dict:
+    """Execute the python block of ``path`` (the README, or a docs page) containing ``marker``; return its
+    namespace."""
+    example = next(b for b in blocks("python", path) if marker in b)
     namespace: dict = {}
-    exec(compile(example, str(README), "exec"), namespace)
+    exec(compile(example, str(path), "exec"), namespace)
     return namespace
+
+
+def test_every_python_block_is_run_and_the_readme_is_short():
+    python = blocks("python")
+    assert python and all(sum(m in b for m in MARKERS) == 1 for b in python), "a README block no test runs"
+    assert len(python) == len(MARKERS)
+    assert len(README.read_text().splitlines()) <= 200
+
+
+def test_readme_install_commands_are_what_ci_runs():
+    install = next(b for b in blocks("bash") if "pip install" in b).strip().splitlines()
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert install == ["pip install -e \".[test]\"", "python -m pytest"]
+    assert all(line in ci for line in install)
 
 
 def test_readme_unipc_example_runs():
@@ -25,15 +57,26 @@ def test_readme_unipc_example_runs():
     assert bool(jnp.all(jnp.isfinite(x0)))
 
 
-def test_readme_edt_sampling_example_runs():
-    latents = run_readme_block('create_model("EDT"')["latents"]
-    assert latents.shape == (4, 16, 16, 4) and latents.dtype == jnp.float32
-    assert bool(jnp.all(jnp.isfinite(latents)))
+def test_readme_official_weights_example_runs(tmp_path, monkeypatch):
+    from safetensors.numpy import save_file
 
+    from edt_jax.models import create_model
+    from edt_jax.models.convert import abstract_params, official_name, official_shape
 
-def test_readme_data_example_runs():
-    batch = run_readme_block("data.create_source")["batch"]
-    assert batch["image"].shape == (256, 32, 32, 3) and batch["label"].shape == (256,)
+    # An official-layout EDT-S/2 state dict (the names and shapes of the authors' checkpoint), random values.
+    rng = np.random.default_rng(0)
+    flat = jax.tree_util.tree_flatten_with_path(abstract_params(create_model("EDT-S/2")))[0]
+    state = {}
+    for path, leaf in flat:
+        names = tuple(p.key for p in path)
+        shape = official_shape(leaf.shape, names[-1])
+        state[official_name(names)] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    save_file(state, str(tmp_path / "EDT-S-2.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    namespace = run_readme_block('create_model("EDT-S/2")')
+    assert namespace["out"].shape == (2, 32, 32, 8) and bool(jnp.all(jnp.isfinite(namespace["out"])))
+    kernel = namespace["variables"]["params"]["final_layer"]["linear"]["kernel"]
+    assert np.array_equal(kernel, state["final_layer.linear.weight"].T)
 
 
 def test_readme_guidance_window_example_runs():
@@ -55,3 +98,38 @@ def test_readme_disdiff_example_runs():
     assert namespace["images"].shape == (8, 32, 32, 3)
     # Zero-initialised fields and a zero stand-in DPM: the loss is the L1 norm of the noise, E|N(0,1)| ~ 0.8.
     assert abs(float(namespace["loss"]) - 0.8) < 0.1 and 0 <= namespace["scores"]["discrete_mig"] <= 1
+
+
+def test_docs_edt_sampling_example_runs():
+    latents = run_readme_block('create_model("EDT", dims', REPO / "docs" / "edt.md")["latents"]
+    assert latents.shape == (4, 16, 16, 4) and latents.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(latents)))
+
+
+def test_docs_data_example_runs():
+    batch = run_readme_block("data.create_source", REPO / "docs" / "training.md")["batch"]
+    assert batch["image"].shape == (256, 32, 32, 3) and batch["label"].shape == (256,)
+
+
+def test_readme_main_job_runs_as_written(tmp_path):
+    """The main job's four commands, as the README writes them, with a few steps and samples added at the end."""
+    block = next(b for b in blocks("bash") if "launch.train" in b)
+    assert tuple(block.strip().splitlines()) == main_job.COMMANDS  # the benchmark times what the README says
+    workdir = tmp_path / "run"
+    fewer = {"launch.train": ["--config.total_steps=3", "--config.batch_size=8", "--config.log_every_steps=1"],
+             "launch.sample": ["--num_samples=10", "--steps=2"],
+             "launch.evaluate": ["--num_samples=16", "--steps=2"], "benchmarks/nearest.py": []}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    outputs = {}
+    for command in main_job.COMMANDS:
+        argv = shlex.split(command.replace(main_job.WORKDIR, str(workdir)))
+        name = next(k for k in fewer if k in argv)
+        done = subprocess.run([sys.executable, *argv[1:], *fewer[name]], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+        outputs[name] = done
+    assert re.search(r"step 3/3 \(100%\) .* ETA", outputs["launch.train"].stderr)  # the progress line
+    assert f"the grid {(workdir / 'samples.png').resolve()}" in outputs["launch.sample"].stdout
+    report = json.loads(next(workdir.glob("eval_*.json")).read_text())
+    assert 0 <= report["metrics"]["class_accuracy_mnist5k"] <= 1 and report["metrics"]["FD_mnist5k"] > 0
+    assert "10 samples vs 5000 distinct training images of `mnist5k`" in outputs["benchmarks/nearest.py"].stdout
