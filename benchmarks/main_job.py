@@ -25,6 +25,8 @@ from pathlib import Path
 import jax
 from bench_utils import machine_info, md_table, spread, write_results
 
+from edt_jax.metrics import extractors
+
 REPO = Path(__file__).resolve().parents[1]
 WORKDIR = "/tmp/mnist_quick"  # as the README writes it; replaced by each seed's directory
 COMMANDS = (
@@ -108,8 +110,6 @@ def main() -> None:
 
 def real_images_floor(seeds: list[int]) -> list[float]:
     """FD_mnist5k of 512 real images against all 5,000 (launch.evaluate's reference): what a perfect model scores."""
-    from edt_jax.metrics import extractors
-
     extractor = extractors.load_extractor("mnist5k")
     reference = extractors.dataset_stats("mnist5k", extractor=extractor)
     return [extractors.dataset_stats("mnist5k", 512, seed=100 + s, extractor=extractor).frechet_distance(reference)

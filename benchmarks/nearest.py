@@ -80,5 +80,6 @@ def nearest_distances(samples: np.ndarray, spec: str, max_images: int) -> dict:
             "training_nearest_median": float(np.median(pairs.min(axis=1))),
             "fraction_nearer_than_pair": float(np.mean(nearest[:, 0] < closest_pair))}
 
+
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,6 +37,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample = ml_collections.ConfigDict(dict(sampler="unipc", steps=25, order=2, guidance_scale=1.0,
                                               num_samples=64, amm=True, use_ema=True))
     return c
+
+
+def decay_over_the_run(c: ml_collections.ConfigDict, learning_rate: float, end_learning_rate: float = 1e-5) -> None:
+    """A linear learning-rate decay to ``end_learning_rate`` over the run's ``total_steps``, whatever
+    ``--config.total_steps`` says (``decay_steps`` is an int placeholder, so ``--config.optimizer.decay_steps=N``
+    still sets it)."""
+    c.optimizer.update(dict(learning_rate=learning_rate, schedule="linear_decay", end_learning_rate=end_learning_rate))
+    c.optimizer.decay_steps = placeholder(int)
 
 
 def imagenet256_latents(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

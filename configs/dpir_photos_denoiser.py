@@ -5,9 +5,7 @@
         --config.denoiser_workdir=/tmp/dpir/denoiser32 --mode train_ir      # docs/dpir.md
 """
 
-from ml_collections.config_dict import placeholder
-
-from configs.base import base_config
+from configs.base import base_config, decay_over_the_run
 
 
 def get_config(arg=None):
@@ -25,9 +23,8 @@ def get_config(arg=None):
     # One class: the denoiser is unconditional (label 0 always; the null label 1 is never needed).
     c.data.update(dict(source=f"photos:{size}:train", channels=3, label_key=None, random_flip=True))
     c.loss.prediction = "v"
-    c.optimizer.update(dict(name="adan", learning_rate=3e-3, weight_decay=0.0, schedule="linear_decay",
-                            end_learning_rate=1e-5))
-    c.optimizer.decay_steps = placeholder(int)
+    c.optimizer.update(dict(name="adan", weight_decay=0.0))
+    decay_over_the_run(c, 3e-3)
     c.sample.update(dict(steps=20, num_samples=64, guidance_scale=1.0))
     if arg == "test":  # the test suite's variant: a few steps of a narrower model
         c.total_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 4, 8, 2, 4

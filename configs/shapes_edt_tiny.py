@@ -11,9 +11,7 @@ This was the README's main job; the README's main job is now ``configs/mnist_edt
 samples and the measurements behind each setting: docs/shapes_main_job.md.
 """
 
-from ml_collections.config_dict import placeholder
-
-from configs.base import base_config
+from configs.base import base_config, decay_over_the_run
 
 # Fixed: background hue 0, the largest scale, centre x 3 / y 4; free: shape, object hue, orientation.
 MAIN_JOB_SLICE = "shapes:background_hue=0,scale=3,x_position=3,y_position=4"
@@ -36,10 +34,8 @@ def get_config(arg=None):
     c.data.update(dict(source="shapes" if arg == "full" else MAIN_JOB_SLICE, channels=3))
     c.loss.prediction = "v"
     c.loss.masked_pass = False  # it doubles a step's cost: on a CPU budget the plain pass trains twice the steps
-    # Adan, decaying linearly to 1e-5 over the run's total_steps (decay_steps: an int placeholder, set by flag).
-    c.optimizer.update(dict(name="adan", learning_rate=3e-3, weight_decay=0.0, schedule="linear_decay",
-                            end_learning_rate=1e-5))
-    c.optimizer.decay_steps = placeholder(int)
+    c.optimizer.update(dict(name="adan", weight_decay=0.0))
+    decay_over_the_run(c, 3e-3)
     c.sample.update(dict(steps=20, num_samples=64, guidance_scale=1.0))
     if arg == "test":  # the test suite's variant: a few steps of a narrower model, masked pass on
         c.total_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 12, 16, 2, 4

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from model_helpers import apply, random_params
+from model_helpers import apply, official_state_dict, random_params
 
 from edt_jax.models import create_model
 from edt_jax.models.amm import modulation_matrix
@@ -206,22 +206,9 @@ def test_bad_call_inputs(tiny):
         apply(model, params, x, t, y, keep_masks=(jnp.ones((4, 64)),))
 
 
-def _tiny_state_dict(model, params) -> dict[str, np.ndarray]:
-    """Official-layout state dict of params (inverse of the converter) for the error tests."""
-    from flax import traverse_util
-
-    state = {}
-    for path, value in traverse_util.flatten_dict(params).items():
-        value = np.asarray(value)
-        if path[-1] == "kernel":
-            value = value.T if value.ndim == 2 else value.transpose(3, 2, 0, 1)
-        state[official_name(path)] = value
-    return state
-
-
 def test_converter_round_trip_and_errors(tiny):
     model, params = tiny
-    state = _tiny_state_dict(model, params)
+    state = official_state_dict(params)
     again = edt_params_from_torch({f"module.{k}": v for k, v in state.items()}, model)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -238,7 +225,7 @@ def test_converter_round_trip_and_errors(tiny):
 
 def test_loaders(tmp_path, tiny):
     model, params = tiny
-    state = _tiny_state_dict(model, params)
+    state = official_state_dict(params)
     np.savez(tmp_path / "w.npz", **state)
     np.testing.assert_array_equal(load_state_dict(tmp_path / "w.npz")["blocks.0.mlp.fc1.weight"],
                                   state["blocks.0.mlp.fc1.weight"])
@@ -259,7 +246,7 @@ def test_torch_checkpoint_loader(tmp_path, tiny):
     import argparse
 
     model, params = tiny
-    state = _tiny_state_dict(model, params)
+    state = official_state_dict(params)
     ema = {k: torch.from_numpy(np.array(v)) for k, v in state.items()}
     raw = {k: torch.zeros_like(v) for k, v in ema.items()}
     torch.save({"model": raw, "ema": ema, "opt": {}, "args": argparse.Namespace(model="EDT")}, tmp_path / "c.pt")

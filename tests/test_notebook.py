@@ -34,4 +34,3 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert text.count("class accuracy") == 3
     figures = [o for cell in code for o in _outputs(cell, "display_data") if "image/png" in o["data"]]
     assert len(figures) >= 3  # the loss curve, the grid, the frequency bands
-

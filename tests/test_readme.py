@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -58,19 +57,13 @@ def test_readme_unipc_example_runs():
 
 
 def test_readme_official_weights_example_runs(tmp_path, monkeypatch):
+    from model_helpers import official_state_dict, random_params
     from safetensors.numpy import save_file
 
     from edt_jax.models import create_model
-    from edt_jax.models.convert import abstract_params, official_name, official_shape
 
     # An official-layout EDT-S/2 state dict (the names and shapes of the authors' checkpoint), random values.
-    rng = np.random.default_rng(0)
-    flat = jax.tree_util.tree_flatten_with_path(abstract_params(create_model("EDT-S/2")))[0]
-    state = {}
-    for path, leaf in flat:
-        names = tuple(p.key for p in path)
-        shape = official_shape(leaf.shape, names[-1])
-        state[official_name(names)] = (0.02 * rng.standard_normal(shape)).astype(np.float32)
+    state = official_state_dict(random_params(create_model("EDT-S/2"), scale=0.02))
     save_file(state, str(tmp_path / "EDT-S-2.safetensors"))
     monkeypatch.chdir(tmp_path)
     namespace = run_readme_block('create_model("EDT-S/2")')
