@@ -10,6 +10,7 @@ Token layout: (B, L, D) with L = h * w tokens in row-major (h, w) order, as ``Pa
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -25,13 +26,57 @@ xavier_uniform = nn.initializers.xavier_uniform()
 zeros = nn.initializers.zeros_init()
 
 
+class TokenDense(nn.Dense):
+    """nn.Dense that multiplies a (rows, in) matrix: leading axes are flattened first and restored after.
+
+    Same parameters and result as nn.Dense. Why: for (B, L, in) inputs the kernel gradient is a
+    contraction over two axes, which XLA's CPU backend lowers with layout copies around the product
+    (the gradient of a (8, 256, 312) x (312, 1248) layer ran 2x slower than for the flattened one).
+    """
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if inputs.ndim <= 2:
+            return super().__call__(inputs)
+        lead = inputs.shape[:-1]
+        out = super().__call__(inputs.reshape(-1, inputs.shape[-1]))
+        return out.reshape(*lead, out.shape[-1])
+
+
 def dense(features: int, axes: tuple[str | None, str | None], *, use_bias: bool = True,
           kernel_init: Callable = xavier_uniform, dtype: Dtype | None = None, param_dtype: Dtype = jnp.float32,
           name: str | None = None) -> nn.Dense:
-    """nn.Dense whose kernel (in, out) and bias (out,) carry the logical axis names ``axes``."""
+    """A ``TokenDense`` whose kernel (in, out) and bias (out,) carry the logical axis names ``axes``."""
     bias_init = nn.with_logical_partitioning(zeros, (axes[1],))
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                    kernel_init=nn.with_logical_partitioning(kernel_init, axes), bias_init=bias_init, name=name)
+    return TokenDense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                      kernel_init=nn.with_logical_partitioning(kernel_init, axes), bias_init=bias_init, name=name)
+
+
+def sum_over_batch(x: jax.Array) -> jax.Array:
+    """x (B, ...) summed over its leading axis, as a product with a ones vector.
+
+    Why: XLA's CPU backend reduces a short leading axis of a large array ~40x slower than this dot
+    (9 ms against 0.2 ms for the (8, 6, 256, 256) gradient of a relative-position bias).
+    """
+    return jnp.einsum("b,b...->...", jnp.ones((x.shape[0],), x.dtype), x)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_batch(x: jax.Array, batch: int) -> jax.Array:
+    """x (...) -> (batch, ...); its gradient is ``sum_over_batch`` (a trainable table added to every sample)."""
+    return jnp.broadcast_to(x, (batch, *x.shape))
+
+
+def _broadcast_batch_fwd(x: jax.Array, batch: int) -> tuple[jax.Array, None]:
+    return broadcast_batch(x, batch), None
+
+
+def _broadcast_batch_bwd(batch: int, _, grad: jax.Array) -> tuple[jax.Array]:
+    del batch
+    return (sum_over_batch(grad),)
+
+
+broadcast_batch.defvjp(_broadcast_batch_fwd, _broadcast_batch_bwd)
 
 
 def layer_norm(dtype: Dtype | None, name: str | None = None) -> nn.LayerNorm:
