@@ -13,7 +13,7 @@ from ml_collections import config_flags
 from edt_jax import data as data_lib
 from edt_jax.diffusion import DiscreteDiffusion, beta_schedule
 from edt_jax.diffusion.timestep_sampling import create_timestep_sampler
-from edt_jax.models import EDT, create_model
+from edt_jax.models import EDT, MDTv2, create_model
 from edt_jax.models.vae import SD_VAE_SCALE, create_vae, load_vae_weights
 from edt_jax.training import sharding
 from edt_jax.training.optimizers import create_optimizer
@@ -110,8 +110,8 @@ def build_timestep_sampler(config: ml_collections.ConfigDict):
 
 def build_loss_config(config: ml_collections.ConfigDict, model) -> LossConfig:
     loss = to_plain(config.get("loss", {}))
-    if loss.get("masked_pass") and not isinstance(model, EDT):
-        raise ValueError(f"loss.masked_pass=True needs an EDT model (token-masking training), got "
+    if loss.get("masked_pass") and not isinstance(model, EDT | MDTv2):
+        raise ValueError(f"loss.masked_pass=True needs an EDT or MDTv2 model (token-masking training), got "
                          f"{type(model).__name__}; set --config.loss.masked_pass=False")
     return LossConfig(learn_sigma=model.learn_sigma, ema_decay=config.get("ema_decay", 0.9999), **loss)
 

@@ -14,7 +14,7 @@ from model_helpers import apply, official_state_dict, random_params
 
 from edt_jax.models import create_model
 from edt_jax.models.amm import modulation_matrix
-from edt_jax.models.convert import edt_params_from_torch, load_state_dict, official_name
+from edt_jax.models.convert import load_state_dict, official_name, params_from_torch
 from edt_jax.models.masking import draw_keep_mask
 from edt_jax.training import sharding
 
@@ -209,18 +209,18 @@ def test_bad_call_inputs(tiny):
 def test_converter_round_trip_and_errors(tiny):
     model, params = tiny
     state = official_state_dict(params)
-    again = edt_params_from_torch({f"module.{k}": v for k, v in state.items()}, model)
+    again = params_from_torch({f"module.{k}": v for k, v in state.items()}, model)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
     missing = {k: v for k, v in state.items() if k != "blocks.2.mlp.fc2.bias"}
     with pytest.raises(ValueError, match=r"no tensor 'blocks.2.mlp.fc2.bias'"):
-        edt_params_from_torch(missing, model)
+        params_from_torch(missing, model)
     bad = {**state, "blocks.1.attn.qkv.weight": np.zeros((96, 48), np.float32)}
     with pytest.raises(ValueError, match=r"'blocks.1.attn.qkv.weight' has shape \(96, 48\), but this model needs "
                                          r"\(144, 48\)"):
-        edt_params_from_torch(bad, model)
+        params_from_torch(bad, model)
     with pytest.raises(ValueError, match="does not use, e.g. 'extra.weight'"):
-        edt_params_from_torch({**state, "extra.weight": np.zeros(3)}, model)
+        params_from_torch({**state, "extra.weight": np.zeros(3)}, model)
 
 
 def test_loaders(tmp_path, tiny):
@@ -237,7 +237,7 @@ def test_loaders(tmp_path, tiny):
     safetensors = pytest.importorskip("safetensors.numpy", reason="safetensors is not installed")
     safetensors.save_file(state, str(tmp_path / "w.safetensors"))
     loaded = load_state_dict(tmp_path / "w.safetensors")
-    edt_params_from_torch(loaded, model)
+    params_from_torch(loaded, model)
 
 
 def test_torch_checkpoint_loader(tmp_path, tiny):
@@ -253,4 +253,4 @@ def test_torch_checkpoint_loader(tmp_path, tiny):
     loaded = load_state_dict(tmp_path / "c.pt")
     np.testing.assert_array_equal(loaded["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
     assert not load_state_dict(tmp_path / "c.pt", key="model")["blocks.0.attn.qkv.weight"].any()
-    edt_params_from_torch(loaded, model)
+    params_from_torch(loaded, model)

@@ -12,10 +12,10 @@ from shared_fixtures import fixture_path, load_json, load_npz
 from edt_jax.models import count_macs, create_model
 from edt_jax.models.convert import (
     abstract_params,
-    edt_params_from_torch,
     load_state_dict,
     official_name,
     official_shape,
+    params_from_torch,
 )
 from edt_jax.models.layers import sincos_pos_embed_2d
 
@@ -30,7 +30,7 @@ def tiny():
                          depths=tuple(data["depths"]), input_size=16, in_channels=4,
                          num_classes=int(data["num_classes"]), amm_blocks=tuple(data["amm_blocks"]))
     state = {k.removeprefix("param/"): v for k, v in data.items() if k.startswith("param/")}
-    params = edt_params_from_torch(state, model)
+    params = params_from_torch(state, model)
     return model, params, data
 
 
@@ -76,7 +76,7 @@ def test_npz_loader_reads_the_fixture_state_dict(tiny):
     model, params, data = tiny
     state = load_state_dict(fixture_path("edt_tiny_s.npz"))
     assert "blocks.0.attn.qkv.weight" in state and "x" not in state
-    again = edt_params_from_torch(state, model)
+    again = params_from_torch(state, model)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -99,7 +99,7 @@ def test_full_size_state_dict_converts():
     rng = np.random.default_rng(0)
     state = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
     state["pos_embed"] = np.zeros((1, 256, 312), np.float32)  # frozen buffers are accepted and ignored
-    params = edt_params_from_torch(state, create_model("EDT-S/2"))
+    params = params_from_torch(state, create_model("EDT-S/2"))
     np.testing.assert_array_equal(params["blocks_3"]["attn"]["qkv"]["kernel"], state["blocks.3.attn.qkv.weight"].T)
     np.testing.assert_array_equal(params["x_embedder"]["proj"]["kernel"],
                                   state["x_embedder.proj.weight"].transpose(2, 3, 1, 0))

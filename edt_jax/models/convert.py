@@ -1,4 +1,4 @@
-"""Official PyTorch state dicts of EDT and DiT -> Flax parameters, and checkpoint-file loaders.
+"""Official PyTorch state dicts of EDT, DiT and MDTv2 -> Flax parameters, and checkpoint-file loaders.
 
 The mapping is derived from the Flax parameter tree, not from the state dict, so every parameter the
 model needs is looked up under its official name (``blocks.3.attn.qkv.weight`` for
@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-# Buffers of the official modules that are recomputed here rather than loaded.
+# Buffers of the official modules that are recomputed here rather than loaded (MDTv2's pos_embed is a
+# trained parameter: the Flax tree asks for it, so it is loaded, never recomputed).
 FROZEN_BUFFERS = re.compile(r"(^|\.)(pos_embed|relative_position_index|modulation_matrix)$")
 
 
@@ -126,8 +127,8 @@ def mismatch_report(match: TensorMatch, limit: int = 5) -> str:
     return "; ".join(parts)
 
 
-def edt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module) -> dict:
-    """Flax ``params`` for ``model`` (EDT or DiT from ``create_model``) from an official state dict.
+def params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module) -> dict:
+    """Flax ``params`` for ``model`` (EDT, DiT or MDTv2 from ``create_model``) from an official state dict.
 
     Args:
       state_dict: official name -> array (numpy, or anything ``np.asarray`` accepts, e.g. CPU torch
@@ -149,6 +150,9 @@ def edt_params_from_torch(state_dict: Mapping[str, np.ndarray], model: nn.Module
         raise ValueError(f"state dict has {len(match.unexpected)} tensor(s) this model does not use, "
                          f"e.g. {match.unexpected[0]!r}")
     return match.nested()
+
+
+edt_params_from_torch = params_from_torch  # the name before MDTv2 joined; kept for existing code
 
 
 def official_shape(shape: tuple[int, ...], leaf: str) -> tuple[int, ...]:

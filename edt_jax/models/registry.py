@@ -1,8 +1,9 @@
 """Named model configurations and ``create_model``, which validates every architecture argument.
 
 Named EDT configurations follow the official ``EDT_models`` table (``*_noAMM`` variants have no AMM
-blocks); named DiT configurations follow ``DiT_models``. ``"EDT"`` and ``"DiT"`` are free-form
-constructors for tiny CPU models or new layouts.
+blocks); named DiT configurations follow ``DiT_models``; named MDTv2 configurations follow the official
+``MDTv2_*_2`` constructors (decode_layer 4, their default). ``"EDT"``, ``"DiT"`` and ``"MDTv2"`` are
+free-form constructors for tiny CPU models or new layouts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from edt_jax.checks import check_choice, check_int
 from edt_jax.models.dit import DiT
 from edt_jax.models.edt import EDT
+from edt_jax.models.mdt import MDTv2
 
 EDT_CONFIGS: dict[str, dict] = {
     "EDT-S/2": dict(dims=(312, 416, 520, 416, 312), num_heads=(6, 8, 10, 8, 6), depths=(2, 2, 2, 3, 3),
@@ -32,22 +34,30 @@ DIT_CONFIGS: dict[str, dict] = {
     for size, (hidden, depth, heads) in _DIT_SIZES.items() for patch in (2, 4, 8)
 }
 
-MODEL_NAMES = ("EDT", "DiT", *EDT_CONFIGS, *DIT_CONFIGS)
+MDT_CONFIGS: dict[str, dict] = {
+    "MDTv2-S/2": dict(hidden_size=384, depth=12, num_heads=6),
+    "MDTv2-B/2": dict(hidden_size=768, depth=12, num_heads=12),
+    "MDTv2-L/2": dict(hidden_size=1024, depth=24, num_heads=16),
+    "MDTv2-XL/2": dict(hidden_size=1152, depth=28, num_heads=16),
+}
+
+MODEL_NAMES = ("EDT", "DiT", "MDTv2", *EDT_CONFIGS, *DIT_CONFIGS, *MDT_CONFIGS)
 
 
-def create_model(name: str, **kwargs) -> EDT | DiT:
-    """A validated EDT or DiT module.
+def create_model(name: str, **kwargs) -> EDT | DiT | MDTv2:
+    """A validated EDT, DiT or MDTv2 module.
 
     Args:
       name: one of ``MODEL_NAMES``: ``"EDT-S/2"``, ``"EDT-B/2"``, ``"EDT-XL/2"`` (and ``*_noAMM``),
-        ``"DiT-{S,B,L,XL}/{2,4,8}"``, or the free-form ``"EDT"`` (needs ``dims``, ``num_heads``,
-        ``depths``) / ``"DiT"`` (needs ``hidden_size``, ``depth``, ``num_heads``).
+        ``"DiT-{S,B,L,XL}/{2,4,8}"``, ``"MDTv2-{S,B,L,XL}/2"``, or the free-form ``"EDT"`` (needs
+        ``dims``, ``num_heads``, ``depths``) / ``"DiT"`` and ``"MDTv2"`` (need ``hidden_size``,
+        ``depth``, ``num_heads``; MDTv2 also takes ``decode_layer``, default 4).
       **kwargs: any field of the module (``input_size`` default 32, ``in_channels`` 4, ``num_classes``
         1000, ``learn_sigma``, ``class_dropout_prob``, ``amm_blocks``, ``dtype``, ``param_dtype``, ``remat``, ...).
     """
     check_choice("model name", name, MODEL_NAMES)
-    cls = EDT if name.startswith("EDT") else DiT
-    preset = EDT_CONFIGS.get(name) or DIT_CONFIGS.get(name) or {}
+    cls = EDT if name.startswith("EDT") else MDTv2 if name.startswith("MDTv2") else DiT
+    preset = EDT_CONFIGS.get(name) or DIT_CONFIGS.get(name) or MDT_CONFIGS.get(name) or {}
     fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
@@ -59,6 +69,8 @@ def create_model(name: str, **kwargs) -> EDT | DiT:
         raise ValueError(f"{name} needs {', '.join(missing)}")
     if cls is EDT:
         args = _validated_edt(name, args)
+    elif cls is MDTv2:
+        args = _validated_mdt(name, args)
     else:
         args = _validated_dit(name, args)
     return cls(**args)
@@ -124,6 +136,21 @@ def _validated_dit(name: str, args: dict) -> dict:
     args = _common(name, args, 1)
     grid = args["input_size"] // args["patch_size"]
     args["amm_blocks"] = _amm_blocks(args.get("amm_blocks", ()), [grid] * depth)
+    return args
+
+
+def _validated_mdt(name: str, args: dict) -> dict:
+    depth = check_int("depth", args["depth"], 1)
+    decode_layer = check_int("decode_layer", args.get("decode_layer", 4), 0)
+    if decode_layer > depth or (depth - decode_layer) % 2:
+        # The official constructor silently drops a block when depth - decode_layer is odd.
+        raise ValueError(f"depth - decode_layer must be even and >= 0 (the encoder's halves mirror each other), "
+                         f"got depth {depth}, decode_layer {decode_layer}")
+    args["decode_layer"] = decode_layer
+    if not 0.0 <= float(args.get("mask_ratio", 0.3)) < 0.8:
+        raise ValueError(f"mask_ratio must be in [0, 0.8) (the drawn ratio goes up to mask_ratio + 0.2), "
+                         f"got {args['mask_ratio']!r}")
+    args = _validated_dit(name, args)
     return args
 
 

@@ -1,4 +1,4 @@
-"""The diffusion task on the generic trainer: diffusion loss (plus EDT's masked pass) and timesteps.
+"""The diffusion task on the generic trainer: diffusion loss (plus EDT's / MDTv2's masked pass) and timesteps.
 
 Timesteps and their importance weights are drawn on the host by the timestep sampler (in
 ``prepare_batch``), which needs the per-sample losses back (returned in the metrics and fed to it in
@@ -32,7 +32,7 @@ class LossConfig:
     prediction: str = "eps"
     weighting: str = "min_snr"
     snr_gamma: float = 5.0
-    masked_pass: bool = False  # EDT: add the loss of the token-masked pass on the same batch
+    masked_pass: bool = False  # EDT / MDTv2: add the loss of the token-masked pass on the same batch
     ema_decay: float = 0.9999
 
 
@@ -79,8 +79,8 @@ def diffusion_loss(model: nn.Module, diffusion: DiscreteDiffusion, loss_config: 
         aux = {"mse": jnp.mean(full["mse"]), "vb": jnp.mean(full["vb"]), "per_sample_loss": full["loss"],
                "t": t}
         if loss_config.masked_pass:
-            # EDT: same timesteps, fresh noise and label dropout; both losses drive one update, and the
-            # timestep sampler learns from their sum.
+            # EDT and MDTv2 (train_util.py): same timesteps, fresh noise and label dropout; both losses
+            # drive one update, and the timestep sampler learns from their sum.
             masked = losses_for(params, x, t, y, masked_key, masked=True)
             aux["masked_loss"] = jnp.mean(masked["loss"] * w)
             aux["per_sample_loss"] = full["loss"] + masked["loss"]
