@@ -1,4 +1,4 @@
-"""EDT's claims at CPU scale: EDT vs DiT at equal steps and equal training FLOPs, masking training, AMM.
+"""EDT's claims at CPU scale: EDT vs DiT and MDTv2 at equal steps and equal training FLOPs, masking, AMM.
 
     python benchmarks/ablations.py --workroot /tmp/ablations --steps 3000 --train_seeds 0,1 --sample_seeds 0,1
 
@@ -9,6 +9,8 @@ compares with the whole dataset, so the shapes_edt_tiny slice would not fit it):
     edt_mask   the same with EDT's token-masking training      (--config.loss.masked_pass=True)
     dit        the tiny DiT, as many steps                     (configs/shapes_dit_tiny.py:full)
     dit_flops  the tiny DiT with ``edt``'s training FLOPs       (steps x EDT MACs / DiT MACs)
+    mdt        the tiny MDTv2 with its masked pass, as many steps (configs/shapes_mdt_tiny.py:full)
+    mdt_flops  the tiny MDTv2 with ``edt_mask``'s training FLOPs (both train with a masked pass)
 
 Each (variant, training seed) trains with ``python -m launch.train`` in its own process under
 ``--workroot/<variant>_s<seed>``; a finished run there is reused and an unfinished one resumes. Every model is
@@ -44,7 +46,11 @@ VARIANTS = {
     "edt_mask": ("configs/shapes_edt_tiny.py:full", ("--config.loss.masked_pass=True",), 2),
     "dit": ("configs/shapes_dit_tiny.py:full", (), 1),
     "dit_flops": ("configs/shapes_dit_tiny.py:full", (), 1),
+    "mdt": ("configs/shapes_mdt_tiny.py:full", (), 2),
+    "mdt_flops": ("configs/shapes_mdt_tiny.py:full", (), 2),
 }
+# Variants trained for the FLOPs of another: variant -> (the variant whose FLOPs it matches, its model's variant).
+FLOPS_MATCHED = {"dit_flops": ("edt", "dit"), "mdt_flops": ("edt_mask", "mdt")}
 
 
 def training_macs(variant: str) -> int:
@@ -53,10 +59,12 @@ def training_macs(variant: str) -> int:
 
 
 def variant_steps(variant: str, steps: int) -> int:
-    """Training steps: ``steps``, or for ``dit_flops`` as many as give the plain EDT's training FLOPs."""
-    if variant != "dit_flops":
+    """Training steps: ``steps``, or for a ``FLOPS_MATCHED`` variant as many as give its reference's FLOPs."""
+    if variant not in FLOPS_MATCHED:
         return steps
-    return max(1, round(steps * training_macs("edt") / training_macs("dit")))
+    reference, model_variant = FLOPS_MATCHED[variant]
+    per_step = {v: training_macs(v) * VARIANTS[v][2] for v in (reference, model_variant)}
+    return max(1, round(steps * per_step[reference] / per_step[model_variant]))
 
 
 def train(variant: str, seed: int, steps: int, workdir: Path) -> float | None:
@@ -85,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workroot", required=True, help="where the runs are trained (and reused from)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--steps", type=int, default=3000, help="training steps of every variant but dit_flops")
+    parser.add_argument("--steps", type=int, default=3000, help="training steps of every variant but the *_flops ones")
     parser.add_argument("--train_seeds", default="0")
     parser.add_argument("--sample_seeds", default="0,1")
     parser.add_argument("--num_samples", type=int, default=512)
