@@ -53,7 +53,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help="compute dtype (parameters stay float32)")
     p.add_argument("--steps", type=int, default=5, help="timed runs after the warm-up")
     p.add_argument("--train_only", action="store_true")
-    p.add_argument("--before_after", default=None, metavar="REV", help="time the training step against commit REV")
+    p.add_argument("--before_after", default=None, metavar="REV",
+                   help="time the training step and inference against commit REV")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds of --before_after")
     p.add_argument("--json_out", default=None, help="(internal) write the raw results here and stop")
     p.add_argument("--peak_tflops", type=float, default=None)
@@ -152,19 +153,20 @@ def before_after(args) -> tuple[str, dict]:
                 for label, root in (("before", old), ("after", REPO)):
                     out = Path(tmp) / f"{label}.json"
                     cmd = [sys.executable, __file__, "--models", args.models, "--batch", str(args.batch), "--dtype",
-                           args.dtype, "--steps", str(args.steps), "--train_only", "--json_out", str(out)]
+                           args.dtype, "--steps", str(args.steps), "--json_out", str(out)]
                     subprocess.run(cmd, check=True, env={**os.environ, "EDT_JAX_LIBRARY_ROOT": str(root)})
                     times[label].append(json.loads(out.read_text()))
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=False)
     rows, payload = [], {}
     for name in args.models.split(","):
-        cell = {label: [run[name]["train"]["step_s"] for run in runs] for label, runs in times.items()}
-        before, after = statistics.median(cell["before"]), statistics.median(cell["after"])
-        payload[name] = {**cell, "speedup": before / after}
-        rows.append([name, f"{1000 * before:.0f}", f"{1000 * after:.0f}", f"{args.batch / before:.2f}",
-                     f"{args.batch / after:.2f}", f"{before / after:.2f}x"])
-    table = md_table(["model", f"step ms @ {args.before_after}", "step ms now", "img/s before", "img/s now",
+        for mode in ("train", "inference"):
+            cell = {label: [run[name][mode]["step_s"] for run in runs] for label, runs in times.items()}
+            before, after = statistics.median(cell["before"]), statistics.median(cell["after"])
+            payload[f"{name} {mode}"] = {**cell, "speedup": before / after}
+            rows.append([name, mode, f"{1000 * before:.0f}", f"{1000 * after:.0f}", f"{args.batch / before:.2f}",
+                         f"{args.batch / after:.2f}", f"{before / after:.2f}x"])
+    table = md_table(["model", "pass", f"ms @ {args.before_after}", "ms now", "img/s before", "img/s now",
                       "speed-up"], rows)
     return table, payload
 
@@ -184,9 +186,11 @@ def main() -> None:
     if args.before_after:
         table, payload = before_after(args)
         stem = f"speed_before_after_{backend}"
-        report = (f"# Training step against commit {args.before_after} ({backend})\n\n{header}"
-                  f"- {args.rounds} alternating rounds per side, each a fresh process; step = losses (masked pass for "
-                  f"EDT) + grads + AdamW + EMA; cells: median over the rounds\n"
+        threads = len(os.sched_getaffinity(0))
+        report = (f"# Training step and inference against commit {args.before_after} ({backend})\n\n{header}"
+                  f"- {args.rounds} alternating rounds per side, each a fresh process, on {threads} core(s) "
+                  f"(`taskset` pins fewer); train = losses (masked pass for EDT) + grads + AdamW + EMA, inference = "
+                  f"eval forward (EDT with AMM); cells: median over the rounds\n"
                   f"- total runtime: {time.perf_counter() - start:.0f} s\n\n{table}\n")
     else:
         results = run_models(args, names, peak)

@@ -99,6 +99,12 @@ def test_docs_edt_sampling_example_runs():
     assert bool(jnp.all(jnp.isfinite(latents)))
 
 
+def test_docs_mdt_example_runs():
+    namespace = run_readme_block('create_model("MDTv2"', REPO / "docs" / "mdt.md")
+    assert namespace["out"].shape == namespace["masked"].shape == namespace["guided"].shape == (2, 16, 16, 8)
+    assert namespace["ids_keep"].shape == (2, 44) and 32 <= int(namespace["key_valid"][0].sum()) <= 44
+
+
 def test_docs_data_example_runs():
     batch = run_readme_block("data.create_source", REPO / "docs" / "training.md")["batch"]
     assert batch["image"].shape == (256, 32, 32, 3) and batch["label"].shape == (256,)

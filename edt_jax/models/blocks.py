@@ -111,8 +111,8 @@ def explicit_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array
     bias: (B or 1, H or 1, L, L) or None; modulation: (L, L) or None (a constant: no gradient).
 
     The gradient is written out so that every product in it is a plain batched matmul: XLA's CPU
-    backend lowers the derived gradient's transposed contractions to slower kernels (one EDT-S/2
-    attention gradient at batch 8: 20 ms against 31 ms).
+    backend lowers the derived gradient's transposed contractions to slower kernels
+    (benchmarks/cpu_kernels.py: 3.2x against the derived gradient of jax.nn.dot_product_attention).
     """
     return _attention_fwd(q, k, v, bias, modulation)[0]
 

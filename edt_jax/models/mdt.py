@@ -132,6 +132,8 @@ class MDTv2(nn.Module):
                              skip_linear=skip_linear, bias_extra_rows=BEIT_EXTRA_ROWS, name=name)
 
         def use_amm(index: int, sees_all_tokens: bool) -> bool:
+            # Eval only, as officially; an encoder block of the masked pass sees a subset of the grid, where
+            # the (L, L) matrix has no meaning (the official code would fail on the shape there).
             return amm and not train and index in self.amm_blocks and sees_all_tokens
 
         half, encoder_full = self.half_depth, ids_keep is None
@@ -141,7 +143,7 @@ class MDTv2(nn.Module):
             skips.append(x)
         for i in range(half):
             x = block(f"en_outblocks_{i}", True)(x, c, use_amm(half + i, encoder_full), skips.pop(),
-                                                           ids_keep, key_valid)
+                                                 ids_keep, key_valid)
 
         side = block("sideblocks_0", False)
         if ids_keep is not None:
