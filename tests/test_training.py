@@ -181,7 +181,7 @@ def test_dit_baseline_trains_and_refuses_the_masked_pass(tmp_path):
     run(config, str(tmp_path / "dit"))
     assert sorted(losses(tmp_path / "dit")) == [1, 2]
     config.loss.masked_pass = True
-    with pytest.raises(ValueError, match="loss.masked_pass=True needs an EDT model .* got DiT"):
+    with pytest.raises(ValueError, match="loss.masked_pass=True needs an EDT or MDTv2 model .* got DiT"):
         run(config, str(tmp_path / "masked"))
 
 
