@@ -49,6 +49,17 @@ def time_call(fn: Callable, args: tuple, repeats: int) -> tuple[float, list[floa
     return compile_s, runs
 
 
+def random_model_inputs(model, batch: int) -> tuple:
+    """(variables, x, t, y) for a diffusion network: initialised parameters and a random NHWC batch."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    size = model.input_size
+    x = jax.random.normal(keys[0], (batch, size, size, model.in_channels))
+    t = jax.random.uniform(keys[1], (batch,), maxval=999.0)
+    y = jax.random.randint(keys[2], (batch,), 0, model.num_classes)
+    variables = jax.jit(model.init)(keys[3], x[:1], t[:1], y[:1])
+    return variables, x, t, y
+
+
 def write_results(out_dir: str | Path, stem: str, report: str, payload) -> Path:
     """Write ``<stem>.md`` (the printed report) and ``<stem>.json`` (the raw numbers) into ``out_dir``."""
     out = Path(out_dir)

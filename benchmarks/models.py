@@ -26,7 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_utils import machine_info, md_table, time_call, write_results
+from bench_utils import machine_info, md_table, random_model_inputs, time_call, write_results
 
 from edt_jax.models import count_macs, create_model
 from edt_jax.models.convert import abstract_params
@@ -63,12 +63,8 @@ def benchmark_model(name: str, args: argparse.Namespace, peak: float | None) -> 
     model = create_model(name, input_size=args.input_size, dtype=args.dtype)
     params = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(abstract_params(model)))
     macs = count_macs(model)
-    keys = jax.random.split(jax.random.key(0), 4)
-    size = args.input_size
-    x = jax.random.normal(keys[0], (args.batch, size, size, 4))
-    t = jax.random.uniform(keys[1], (args.batch,), maxval=999.0)
-    y = jax.random.randint(keys[2], (args.batch,), 0, 1000)
-    variables = jax.jit(model.init)(keys[3], x[:1], t[:1], y[:1])
+    variables, x, t, y = random_model_inputs(model, args.batch)
+    dropout_key = jax.random.key(1)
 
     def forward(v, x, t, y):
         return model.apply(v, x, t, y, train=False, amm=True)
@@ -81,7 +77,7 @@ def benchmark_model(name: str, args: argparse.Namespace, peak: float | None) -> 
 
     result = {"params": params, "gflops": 2 * macs / 1e9}
     for mode, fn, fn_args, flop_factor in [("forward", forward, (variables, x, t, y), 1),
-                                           ("train", train_grads, (variables, x, t, y, keys[0]), 3)]:
+                                           ("train", train_grads, (variables, x, t, y, dropout_key), 3)]:
         compile_s, runs = time_call(fn, fn_args, args.repeats)
         seconds = statistics.median(runs)
         achieved = flop_factor * 2 * macs * args.batch / seconds / 1e12

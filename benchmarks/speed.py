@@ -35,7 +35,7 @@ if os.environ.get("EDT_JAX_LIBRARY_ROOT"):  # --before_after's subprocess: the o
     import launch  # noqa: F401,E402
 
 import jax  # noqa: E402
-from bench_utils import machine_info, md_table, time_call, write_results  # noqa: E402
+from bench_utils import machine_info, md_table, random_model_inputs, time_call, write_results  # noqa: E402
 from models import device_peak_tflops  # noqa: E402
 from train import measure, paper_config  # noqa: E402
 
@@ -69,11 +69,7 @@ def size_of(name: str) -> str:
 
 def inference(name: str, batch: int, dtype: str, steps: int) -> dict:
     model = create_model(name, dtype=dtype)
-    keys = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(keys[0], (batch, 32, 32, 4))
-    t = jax.random.uniform(keys[1], (batch,), maxval=999.0)
-    y = jax.random.randint(keys[2], (batch,), 0, 1000)
-    variables = jax.jit(model.init)(keys[3], x[:1], t[:1], y[:1])
+    variables, x, t, y = random_model_inputs(model, batch)
     compile_s, runs = time_call(lambda v, x, t, y: model.apply(v, x, t, y, train=False), (variables, x, t, y), steps)
     seconds = statistics.median(runs)
     return {"compile_s": compile_s, "step_s": seconds, "images_per_s": batch / seconds,

@@ -190,3 +190,8 @@ class TransformerBlock(nn.Module):
         h = modulate(layer_norm(self.dtype, name="norm2")(x), shift_mlp, scale_mlp)
         h = Mlp(int(dim * self.mlp_ratio), self.dtype, self.param_dtype, name="mlp")(h)
         return x + gate_mlp[:, None, :] * h
+
+
+def transformer_block_class(remat: bool) -> type[TransformerBlock]:
+    """``TransformerBlock``, or its rematerialised form (activations recomputed in the backward pass)."""
+    return nn.remat(TransformerBlock, static_argnums=(3,)) if remat else TransformerBlock  # 3: apply_amm

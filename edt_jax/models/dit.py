@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edt_jax.models.blocks import TransformerBlock
+from edt_jax.models.blocks import transformer_block_class
 from edt_jax.models.layers import (
     Dtype,
     FinalLayer,
@@ -55,7 +55,7 @@ class DiT(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False, amm: bool = True) -> jax.Array:
         x, c, _ = embed_inputs(self, x, t, y, self.hidden_size, train)
-        block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+        block_cls = transformer_block_class(self.remat)
         for i in range(self.depth):
             apply_amm = amm and not train and i in self.amm_blocks
             x = block_cls(self.num_heads, self.grid, False, self.mlp_ratio, self.dtype, self.param_dtype,

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edt_jax.models.blocks import TransformerBlock
+from edt_jax.models.blocks import transformer_block_class
 from edt_jax.models.layers import (
     AdaLNModulation,
     Dtype,
@@ -159,7 +159,7 @@ class EDT(nn.Module):
         if mid_keep_mask is not None and not (self.mid_mask and masked):
             raise ValueError("mid_keep_mask is only used by the masked pass of a model with mid_mask=True (EDT-XL)")
 
-        block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+        block_cls = transformer_block_class(self.remat)
         skips = []
         depth = 0
         for stage, stage_depth in enumerate(self.depths):

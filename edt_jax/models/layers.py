@@ -226,19 +226,23 @@ class FinalLayer(nn.Module):
                      param_dtype=self.param_dtype, name="linear")(x)
 
 
-def embed_inputs(module: nn.Module, x: jax.Array, t: jax.Array, y: jax.Array, width: int,
-                 train: bool) -> tuple[jax.Array, jax.Array, np.ndarray]:
-    """The common stem of EDT and DiT, run inside ``module``'s compact ``__call__``.
+def embed_inputs(module: nn.Module, x: jax.Array, t: jax.Array, y: jax.Array, width: int, train: bool,
+                 pos_embed: jax.Array | None = None) -> tuple[jax.Array, jax.Array, np.ndarray | jax.Array]:
+    """The common stem of EDT, DiT and MDTv2, run inside ``module``'s compact ``__call__``.
 
-    Returns tokens (B, L, width) = patch embedding + sin-cos table, the condition c = t-embedding +
-    label embedding (B, width), and the (L, width) table itself. Submodules are named as the official
+    Returns tokens (B, L, width) = patch embedding + position table, the condition c = t-embedding +
+    label embedding (B, width), and the (L, width) table itself: the fixed sin-cos table, or the
+    trained ``pos_embed`` (L, width) when given (MDTv2). Submodules are named as the official
     ``x_embedder``, ``t_embedder``, ``y_embedder``.
     """
     check_input_shape(x, (module.input_size, module.input_size, module.in_channels))
     dtype, param_dtype = module.dtype, module.param_dtype
-    pos_embed = sincos_pos_embed_2d(width, module.input_size // module.patch_size)
     tokens = PatchEmbed(width, module.patch_size, dtype, param_dtype, name="x_embedder")(x)
-    tokens = tokens + pos_embed.astype(tokens.dtype)
+    if pos_embed is None:
+        pos_embed = sincos_pos_embed_2d(width, module.input_size // module.patch_size)
+        tokens = tokens + pos_embed.astype(tokens.dtype)
+    else:
+        tokens = tokens + broadcast_batch(pos_embed, tokens.shape[0]).astype(tokens.dtype)
     c = TimestepEmbedder(width, dtype=dtype, param_dtype=param_dtype, name="t_embedder")(t)
     c = c + LabelEmbedder(module.num_classes, width, module.class_dropout_prob, param_dtype,
                           name="y_embedder")(y, train)

@@ -20,18 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edt_jax.models.blocks import TransformerBlock
-from edt_jax.models.layers import (
-    Dtype,
-    FinalLayer,
-    LabelEmbedder,
-    PatchEmbed,
-    TimestepEmbedder,
-    broadcast_batch,
-    check_input_shape,
-    sincos_pos_embed_2d,
-    unpatchify,
-)
+from edt_jax.models.blocks import transformer_block_class
+from edt_jax.models.layers import Dtype, FinalLayer, embed_inputs, sincos_pos_embed_2d, unpatchify
 
 # BEiT's relative-position table has 3 rows more than the grid needs (its cls-token rows).
 BEIT_EXTRA_ROWS = 3
@@ -104,14 +94,9 @@ class MDTv2(nn.Module):
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False, amm: bool = True,
                  masked: bool = False, ids_keep: jax.Array | None = None,
                  key_valid: jax.Array | None = None) -> jax.Array:
-        check_input_shape(x, (self.input_size, self.input_size, self.in_channels))
         batch, tokens, width = x.shape[0], self.grid ** 2, self.hidden_size
         pos_embed, decoder_pos_embed, mask_token = self._embedding_params(tokens, width)
-        x = PatchEmbed(width, self.patch_size, self.dtype, self.param_dtype, name="x_embedder")(x)
-        x = x + broadcast_batch(pos_embed[0], batch).astype(x.dtype)
-        c = TimestepEmbedder(width, dtype=self.dtype, param_dtype=self.param_dtype, name="t_embedder")(t)
-        c = c + LabelEmbedder(self.num_classes, width, self.class_dropout_prob, self.param_dtype,
-                              name="y_embedder")(y, train)
+        x, c, _ = embed_inputs(self, x, t, y, width, train, pos_embed=pos_embed[0])  # checks x's shape first
         input_skip = x
 
         if masked and ids_keep is None:
@@ -125,7 +110,7 @@ class MDTv2(nn.Module):
         if key_valid is not None and ids_keep is None:
             raise ValueError("key_valid marks padding entries of ids_keep; it needs ids_keep")
 
-        block_cls = nn.remat(TransformerBlock, static_argnums=(3,)) if self.remat else TransformerBlock
+        block_cls = transformer_block_class(self.remat)
 
         def block(name: str, skip_linear: bool) -> nn.Module:
             return block_cls(self.num_heads, self.grid, True, self.mlp_ratio, self.dtype, self.param_dtype,
