@@ -5,6 +5,7 @@
     out = model.apply(variables, x_nhwc, t, y, train=False, amm=True)
 """
 
+from edt_jax.models.base import ClassConditionalTransformer
 from edt_jax.models.dit import DiT
 from edt_jax.models.edt import EDT
 from edt_jax.models.flops import count_macs
@@ -12,6 +13,6 @@ from edt_jax.models.mdt import MDTv2
 from edt_jax.models.registry import DIT_CONFIGS, EDT_CONFIGS, MDT_CONFIGS, MODEL_NAMES, create_model
 from edt_jax.models.vae import SD_VAE_SCALE, AutoencoderKL, create_vae, load_vae_weights, vae_params_from_torch
 
-__all__ = ["DIT_CONFIGS", "MDT_CONFIGS", "SD_VAE_SCALE", "AutoencoderKL", "DiT", "EDT", "EDT_CONFIGS", "MDTv2",
-           "MODEL_NAMES", "count_macs",
+__all__ = ["DIT_CONFIGS", "MDT_CONFIGS", "SD_VAE_SCALE", "AutoencoderKL", "ClassConditionalTransformer", "DiT",
+           "EDT", "EDT_CONFIGS", "MDTv2", "MODEL_NAMES", "count_macs",
            "create_model", "create_vae", "load_vae_weights", "vae_params_from_torch"]

@@ -9,48 +9,30 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
+from edt_jax.models.base import ClassConditionalTransformer
 from edt_jax.models.blocks import transformer_block_class
-from edt_jax.models.layers import (
-    Dtype,
-    FinalLayer,
-    embed_inputs,
-    unpatchify,
-)
+from edt_jax.models.layers import embed_inputs
 
 # Blocks the EDT authors modulated in their DiT experiments (models_dit_with_amm.py, cfg = 1 / 1.5).
 AUTHORS_AMM_BLOCKS = {"DiT-XL/2": (15, 17, 19, 22, 24), "DiT-S/2": (8, 10)}
 
 
-class DiT(nn.Module):
+class DiT(ClassConditionalTransformer, kw_only=True):
     """The DiT network; build it with ``edt_jax.models.create_model("DiT-XL/2", ...)``.
 
     Call: ``model.apply(variables, x, t, y, train=False, amm=True)`` with x (B, H, W, C) NHWC -> (B, H, W, C_out).
+    The common fields are those of ``ClassConditionalTransformer``; ``amm_blocks`` index ``blocks_{i}``.
+
+    Attributes:
+      hidden_size: width D of every token and of the condition.
+      depth: number of transformer blocks.
+      num_heads: attention heads of every block.
     """
 
-    input_size: int
     hidden_size: int
     depth: int
     num_heads: int
-    patch_size: int = 2
-    in_channels: int = 4
-    num_classes: int = 1000
-    learn_sigma: bool = True
-    class_dropout_prob: float = 0.1
-    mlp_ratio: float = 4.0
-    amm_blocks: tuple[int, ...] = ()
-    remat: bool = False
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels * 2 if self.learn_sigma else self.in_channels
-
-    @property
-    def grid(self) -> int:
-        return self.input_size // self.patch_size
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False, amm: bool = True) -> jax.Array:
@@ -60,5 +42,4 @@ class DiT(nn.Module):
             apply_amm = amm and not train and i in self.amm_blocks
             x = block_cls(self.num_heads, self.grid, False, self.mlp_ratio, self.dtype, self.param_dtype,
                           name=f"blocks_{i}")(x, c, apply_amm)
-        x = FinalLayer(self.patch_size, self.out_channels, self.dtype, self.param_dtype, name="final_layer")(x, c)
-        return unpatchify(x, self.patch_size, self.out_channels)
+        return self.final_output(x, c)

@@ -19,11 +19,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from edt_jax.models.base import ClassConditionalTransformer
 from edt_jax.models.blocks import transformer_block_class
 from edt_jax.models.layers import (
     AdaLNModulation,
     Dtype,
-    FinalLayer,
     dense,
     embed_inputs,
     layer_norm,
@@ -31,7 +31,6 @@ from edt_jax.models.layers import (
     modulate,
     pixel_shuffle_2x,
     sincos_pos_embed_2d,
-    unpatchify,
 )
 from edt_jax.models.masking import check_keep_mask, draw_keep_mask
 
@@ -94,37 +93,35 @@ class ConcatLayer(nn.Module):
         return x + sincos_pos_embed_2d(features, self.grid).astype(x.dtype)
 
 
-class EDT(nn.Module):
+class EDT(ClassConditionalTransformer, kw_only=True):
     """The EDT network; build it with ``edt_jax.models.create_model`` (which validates the arguments).
 
     Call: ``model.apply(variables, x, t, y, train=False, amm=True)`` with x (B, H, W, C) NHWC, t (B,)
     timesteps, y (B,) int labels (``num_classes`` = null label) -> (B, H, W, C_out), C_out = 2C when
     ``learn_sigma``. RNG streams: ``"dropout"`` (label dropout when ``train``) and ``"mask"`` (the
-    masked pass when its keep-masks are not given).
+    masked pass when its keep-masks are not given). The common fields are those of
+    ``ClassConditionalTransformer``; ``amm_blocks`` index ``blocks_{i}``, numbered across the stages.
+
+    Attributes:
+      dims: width of each of the (odd number of) stages, symmetric, e.g. (312, 416, 520, 416, 312).
+      num_heads: attention heads of each stage.
+      depths: transformer blocks in each stage.
+      mid_mask: in the masked pass, also replace tokens by the position embedding before block
+        ``mid_mask_block`` of stage 0 (EDT-XL).
+      mid_mask_block: the stage-0 block that the mid mask precedes.
+      mid_mask_ratio: (low, high): the mid mask draws a ratio p ~ U(low, high) per call and replaces
+        each token with probability p.
+      down_mask_ratios: (low, high) per down-sampling module, drawn likewise for the tokens it zeroes in
+        the masked pass; the last entry serves any further modules.
     """
 
-    input_size: int
     dims: tuple[int, ...]
     num_heads: tuple[int, ...]
     depths: tuple[int, ...]
-    patch_size: int = 2
-    in_channels: int = 4
-    num_classes: int = 1000
-    learn_sigma: bool = True
-    class_dropout_prob: float = 0.1
-    mlp_ratio: float = 4.0
-    amm_blocks: tuple[int, ...] = ()
     mid_mask: bool = False
     mid_mask_block: int = 4
     mid_mask_ratio: tuple[float, float] = (0.15, 0.25)
     down_mask_ratios: tuple[tuple[float, float], ...] = ((0.4, 0.5), (0.1, 0.2))
-    remat: bool = False
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels * 2 if self.learn_sigma else self.in_channels
 
     @property
     def down_stages(self) -> int:
@@ -132,7 +129,7 @@ class EDT(nn.Module):
 
     def stage_grids(self) -> list[int]:
         """Token-grid side of every stage, e.g. [16, 8, 4, 8, 16]."""
-        n = self.input_size // self.patch_size
+        n = self.grid
         return [n >> min(s, len(self.depths) - 1 - s) for s in range(len(self.depths))]
 
     def keep_mask_shapes(self, batch: int) -> list[tuple[int, int]]:
@@ -192,8 +189,7 @@ class EDT(nn.Module):
                 x = DownSample(self.dims[stage + 1], grids[stage], self.dtype, self.param_dtype,
                                name=f"down_blocks_{stage}")(x, c, keep)
 
-        x = FinalLayer(self.patch_size, self.out_channels, self.dtype, self.param_dtype, name="final_layer")(x, c)
-        return unpatchify(x, self.patch_size, self.out_channels)
+        return self.final_output(x, c)
 
     def _mask_rng(self) -> jax.Array:
         if not self.has_rng("mask"):

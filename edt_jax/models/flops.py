@@ -8,6 +8,7 @@ Linears add L x 2D x D each, and ``kept_tokens`` counts its masked training pass
 
 from __future__ import annotations
 
+from edt_jax.models.base import ClassConditionalTransformer
 from edt_jax.models.dit import DiT
 from edt_jax.models.edt import EDT
 from edt_jax.models.mdt import MDTv2
@@ -25,7 +26,9 @@ def block_macs(tokens: int, hidden: int, cond_dim: int, mlp_ratio: float = 4.0) 
     return adaln + qkv + attention + proj + 2 * tokens * hidden * mlp
 
 
-def _embed_and_final_macs(tokens: int, patch: int, in_channels: int, out_channels: int, hidden: int) -> int:
+def _embed_and_final_macs(model: ClassConditionalTransformer, hidden: int) -> int:
+    """Patch embedding + t-embedder + final layer on the patch grid, with condition width ``hidden``."""
+    tokens, patch, in_channels, out_channels = model.tokens, model.patch_size, model.in_channels, model.out_channels
     patch_embed = tokens * patch * patch * in_channels * hidden
     t_embed = FREQUENCY_EMBEDDING_SIZE * hidden + hidden * hidden
     final = hidden * 2 * hidden + tokens * hidden * patch * patch * out_channels
@@ -43,14 +46,13 @@ def count_macs(model: EDT | DiT | MDTv2, kept_tokens: int | None = None) -> int:
     if kept_tokens is not None:
         raise ValueError(f"kept_tokens counts MDTv2's masked pass; {type(model).__name__} has none")
     if isinstance(model, DiT):
-        tokens = model.grid ** 2
-        total = _embed_and_final_macs(tokens, model.patch_size, model.in_channels, model.out_channels,
-                                      model.hidden_size)
+        tokens = model.tokens
+        total = _embed_and_final_macs(model, model.hidden_size)
         return total + model.depth * block_macs(tokens, model.hidden_size, model.hidden_size, model.mlp_ratio)
     if not isinstance(model, EDT):
         raise ValueError(f"count_macs supports EDT, DiT and MDTv2 modules, got {type(model).__name__}")
     grids, dims, cond = model.stage_grids(), model.dims, model.dims[0]
-    total = _embed_and_final_macs(grids[0] ** 2, model.patch_size, model.in_channels, model.out_channels, cond)
+    total = _embed_and_final_macs(model, cond)
     for stage, depth in enumerate(model.depths):
         tokens = grids[stage] ** 2
         total += depth * block_macs(tokens, dims[stage], cond, model.mlp_ratio)
@@ -63,11 +65,11 @@ def count_macs(model: EDT | DiT | MDTv2, kept_tokens: int | None = None) -> int:
 
 
 def _mdt_macs(model: MDTv2, kept_tokens: int | None) -> int:
-    tokens, hidden, half = model.grid ** 2, model.hidden_size, model.half_depth
+    tokens, hidden, half = model.tokens, model.hidden_size, model.half_depth
     encoder_tokens = tokens if kept_tokens is None else int(kept_tokens)
     if not 0 < encoder_tokens <= tokens:
         raise ValueError(f"kept_tokens must be in 1..{tokens}, got {kept_tokens}")
-    total = _embed_and_final_macs(tokens, model.patch_size, model.in_channels, model.out_channels, hidden)
+    total = _embed_and_final_macs(model, hidden)
     skip = 2 * hidden * hidden  # skip_linear per token
     total += 2 * half * block_macs(encoder_tokens, hidden, hidden, model.mlp_ratio) + half * encoder_tokens * skip
     total += model.decode_layer * (block_macs(tokens, hidden, hidden, model.mlp_ratio) + tokens * skip)

@@ -13,11 +13,15 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+if TYPE_CHECKING:  # base.py imports this module
+    from edt_jax.models.base import ClassConditionalTransformer
 
 Dtype = jnp.dtype | type
 
@@ -226,9 +230,9 @@ class FinalLayer(nn.Module):
                      param_dtype=self.param_dtype, name="linear")(x)
 
 
-def embed_inputs(module: nn.Module, x: jax.Array, t: jax.Array, y: jax.Array, width: int, train: bool,
+def embed_inputs(module: ClassConditionalTransformer, x: jax.Array, t: jax.Array, y: jax.Array, width: int, train: bool,
                  pos_embed: jax.Array | None = None) -> tuple[jax.Array, jax.Array, np.ndarray | jax.Array]:
-    """The common stem of EDT, DiT and MDTv2, run inside ``module``'s compact ``__call__``.
+    """The common stem of EDT, DiT and MDTv2, run inside ``module``'s compact ``__call__`` with its fields.
 
     Returns tokens (B, L, width) = patch embedding + position table, the condition c = t-embedding +
     label embedding (B, width), and the (L, width) table itself: the fixed sin-cos table, or the
@@ -239,7 +243,7 @@ def embed_inputs(module: nn.Module, x: jax.Array, t: jax.Array, y: jax.Array, wi
     dtype, param_dtype = module.dtype, module.param_dtype
     tokens = PatchEmbed(width, module.patch_size, dtype, param_dtype, name="x_embedder")(x)
     if pos_embed is None:
-        pos_embed = sincos_pos_embed_2d(width, module.input_size // module.patch_size)
+        pos_embed = sincos_pos_embed_2d(width, module.grid)
         tokens = tokens + pos_embed.astype(tokens.dtype)
     else:
         tokens = tokens + broadcast_batch(pos_embed, tokens.shape[0]).astype(tokens.dtype)

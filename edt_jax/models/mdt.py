@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edt_jax.models.base import ClassConditionalTransformer
 from edt_jax.models.blocks import transformer_block_class
-from edt_jax.models.layers import Dtype, FinalLayer, embed_inputs, sincos_pos_embed_2d, unpatchify
+from edt_jax.models.layers import embed_inputs, sincos_pos_embed_2d
 
 # BEiT's relative-position table has 3 rows more than the grid needs (its cls-token rows).
 BEIT_EXTRA_ROWS = 3
@@ -52,39 +53,30 @@ def draw_ids_keep(key: jax.Array, batch: int, tokens: int, mask_ratio: float) ->
     return ids_shuffle[:, :width].astype(jnp.int32), key_valid
 
 
-class MDTv2(nn.Module):
+class MDTv2(ClassConditionalTransformer, kw_only=True):
     """The MDTv2 network; build it with ``edt_jax.models.create_model("MDTv2-S/2", ...)``.
 
     Call: ``model.apply(variables, x, t, y, train=False)`` with x (B, H, W, C) NHWC -> (B, H, W, C_out).
     Masked pass: ``ids_keep=`` (B, K) int token indices (row-major on the grid) that enter the
     encoder, optionally with ``key_valid=`` (B, K) bool marking padding (False) entries; or
     ``masked=True`` to draw them from the ``"mask"`` RNG with ``draw_ids_keep``.
+    The common fields are those of ``ClassConditionalTransformer``; ``amm_blocks`` number the blocks as
+    the module docstring says.
+
+    Attributes:
+      hidden_size: width D of every token and of the condition.
+      depth: number of transformer blocks, ``decode_layer`` of them in the decoder (the side-interpolater
+        block comes on top).
+      num_heads: attention heads of every block.
+      decode_layer: number of decoder blocks (``de_blocks``); depth - decode_layer must be even.
+      mask_ratio: the masked pass drops a fraction mask_ratio + 0.2 u (u ~ U[0, 1)) of the tokens.
     """
 
-    input_size: int
     hidden_size: int
     depth: int
     num_heads: int
-    patch_size: int = 2
-    in_channels: int = 4
-    num_classes: int = 1000
-    learn_sigma: bool = True
-    class_dropout_prob: float = 0.1
-    mlp_ratio: float = 4.0
     decode_layer: int = 4
     mask_ratio: float = 0.3
-    amm_blocks: tuple[int, ...] = ()
-    remat: bool = False
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-
-    @property
-    def out_channels(self) -> int:
-        return self.in_channels * 2 if self.learn_sigma else self.in_channels
-
-    @property
-    def grid(self) -> int:
-        return self.input_size // self.patch_size
 
     @property
     def half_depth(self) -> int:
@@ -94,7 +86,7 @@ class MDTv2(nn.Module):
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array, train: bool = False, amm: bool = True,
                  masked: bool = False, ids_keep: jax.Array | None = None,
                  key_valid: jax.Array | None = None) -> jax.Array:
-        batch, tokens, width = x.shape[0], self.grid ** 2, self.hidden_size
+        batch, tokens, width = x.shape[0], self.tokens, self.hidden_size
         pos_embed, decoder_pos_embed, mask_token = self._embedding_params(tokens, width)
         x, c, _ = embed_inputs(self, x, t, y, width, train, pos_embed=pos_embed[0])  # checks x's shape first
         input_skip = x
@@ -140,8 +132,7 @@ class MDTv2(nn.Module):
         for i in range(self.decode_layer):
             index = 2 * half + i
             x = block(f"de_blocks_{i}", True)(x, c, use_amm(index, True), input_skip)
-        x = FinalLayer(self.patch_size, self.out_channels, self.dtype, self.param_dtype, name="final_layer")(x, c)
-        return unpatchify(x, self.patch_size, self.out_channels)
+        return self.final_output(x, c)
 
     def _embedding_params(self, tokens: int, width: int) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Trainable ``pos_embed`` / ``decoder_pos_embed`` (1, L, D) from the MAE sin-cos table, ``mask_token``."""
@@ -165,7 +156,7 @@ class MDTv2(nn.Module):
                           decoder_pos_embed: jax.Array) -> jax.Array:
         """Encoder outputs (B, K, D) back on the grid, mask_token elsewhere; the side block fills the masked."""
         batch, _, width = x.shape
-        tokens = self.grid ** 2
+        tokens = self.tokens
         mask_token = mask_token.astype(x.dtype)
         valid = jnp.ones(ids_keep.shape, bool) if key_valid is None else key_valid
         rows = jnp.arange(batch)[:, None]

@@ -52,13 +52,16 @@ def create_model(name: str, **kwargs) -> EDT | DiT | MDTv2:
         ``"DiT-{S,B,L,XL}/{2,4,8}"``, ``"MDTv2-{S,B,L,XL}/2"``, or the free-form ``"EDT"`` (needs
         ``dims``, ``num_heads``, ``depths``) / ``"DiT"`` and ``"MDTv2"`` (need ``hidden_size``,
         ``depth``, ``num_heads``; MDTv2 also takes ``decode_layer``, default 4).
-      **kwargs: any field of the module (``input_size`` default 32, ``in_channels`` 4, ``num_classes``
-        1000, ``learn_sigma``, ``class_dropout_prob``, ``amm_blocks``, ``dtype``, ``param_dtype``, ``remat``, ...).
+      **kwargs: any field of the module: those all three share (``ClassConditionalTransformer``:
+        ``input_size`` default 32, ``in_channels`` 4, ``num_classes`` 1000, ``learn_sigma``,
+        ``class_dropout_prob``, ``amm_blocks``, ``dtype``, ``param_dtype``, ``remat``, ...) and its own.
     """
     check_choice("model name", name, MODEL_NAMES)
     cls = EDT if name.startswith("EDT") else MDTv2 if name.startswith("MDTv2") else DiT
     preset = EDT_CONFIGS.get(name) or DIT_CONFIGS.get(name) or MDT_CONFIGS.get(name) or {}
-    fields = [f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+    # Required fields first (input_size, then the model's own), each group in declaration order.
+    declared = [f for f in dataclasses.fields(cls) if f.name not in ("parent", "name")]
+    fields = [f.name for f in sorted(declared, key=lambda f: f.default is not dataclasses.MISSING)]
     unknown = sorted(set(kwargs) - set(fields))
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(unknown)} for {name}; accepted: {', '.join(fields)}")
