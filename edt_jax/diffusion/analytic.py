@@ -9,7 +9,7 @@ posterior mean is available in closed form:
     E[x0|x] = sum_k g_k (mu_k + alpha_t s_k^2 / var_k (x - alpha_t mu_k))
 
 so the probability-flow ODE has a known right-hand side and sampler error can be measured without
-any training. This is the model behind ``../shared/fixtures/samplers_reference.npz``.
+any training. This is the model behind ``tests/fixtures/samplers_reference.npz``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edt_jax.diffusion.predictions import PREDICTIONS, check_prediction
 from edt_jax.diffusion.schedules import NoiseScheduleVP
-
-MODEL_TYPES = ("noise", "x_start", "v")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -64,14 +63,14 @@ class GaussianMixture:
         uncond = jnp.broadcast_to(jnp.asarray(self.weights, cond.dtype), cond.shape)
         return jnp.where((labels == k)[:, None], uncond, cond)
 
-    def model(self, ns: NoiseScheduleVP, model_type: str = "noise"):
-        """A network stand-in ``model(x, t_input[, labels]) -> output of model_type``.
+    def model(self, ns: NoiseScheduleVP, prediction: str = "eps"):
+        """A network stand-in ``model(x, t_input[, labels]) -> its prediction`` ("eps" | "x0" | "v"; the
+        reference's "noise" and "x_start" still work, deprecated).
 
         ``t_input`` follows the reference convention (``ns.model_time``): for discrete schedules
         t = t_input / 1000 + 1/N, otherwise t = t_input.
         """
-        if model_type not in MODEL_TYPES:
-            raise ValueError(f"unknown model_type {model_type!r}; expected one of {', '.join(MODEL_TYPES)}")
+        prediction = check_prediction(prediction, PREDICTIONS)
 
         def apply(x, t_input, labels=None):
             t_input = jnp.broadcast_to(jnp.asarray(t_input, x.dtype), (x.shape[0],))
@@ -82,9 +81,9 @@ class GaussianMixture:
             shape = (-1,) + (1,) * (x.ndim - 1)
             alpha, sigma = alpha.reshape(shape), sigma.reshape(shape)
             eps = (x - alpha * x0) / sigma
-            if model_type == "noise":
+            if prediction == "eps":
                 return eps
-            if model_type == "x_start":
+            if prediction == "x0":
                 return x0
             return alpha * eps - sigma * x0
 

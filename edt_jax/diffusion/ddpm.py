@@ -200,11 +200,33 @@ class DiscreteDiffusion:
         return DiscreteDiffusion.from_betas(new_betas, timestep_map=self.timestep_map[keep])
 
     def to_noise_schedule(self) -> NoiseScheduleVP:
-        """The continuous-time ``NoiseScheduleVP.discrete`` view of this (un-respaced) diffusion."""
+        """The continuous-time ``NoiseScheduleVP.discrete`` view of this (un-respaced) diffusion; its ``tables``
+        are this object."""
         if self.is_respaced:
             raise ValueError("to_noise_schedule needs an un-respaced diffusion (timestep_map == arange(N)); "
                              "build the schedule from the original diffusion and pick steps in the sampler")
-        return NoiseScheduleVP.discrete(alphas_cumprod=self.alphas_cumprod)
+        schedule = NoiseScheduleVP.discrete(alphas_cumprod=self.alphas_cumprod)
+        schedule.__dict__["tables"] = self  # the cached_property's slot: one set of tables, not a rebuilt copy
+        return schedule
+
+
+def as_tables(schedule: NoiseScheduleVP | DiscreteDiffusion) -> DiscreteDiffusion:
+    """The ``DiscreteDiffusion`` tables of a discrete ``NoiseScheduleVP`` (or the tables themselves): what the
+    functions that need ADM's per-timestep tables (training losses, ancestral sampling) accept."""
+    if isinstance(schedule, DiscreteDiffusion):
+        return schedule
+    if isinstance(schedule, NoiseScheduleVP):
+        return schedule.tables
+    raise TypeError(f"expected a discrete NoiseScheduleVP (or DiscreteDiffusion), got {type(schedule).__name__}")
+
+
+def as_schedule(schedule: NoiseScheduleVP | DiscreteDiffusion) -> NoiseScheduleVP:
+    """The ``NoiseScheduleVP`` of a schedule given either way (a ``DiscreteDiffusion`` becomes its discrete view)."""
+    if isinstance(schedule, NoiseScheduleVP):
+        return schedule
+    if isinstance(schedule, DiscreteDiffusion):
+        return schedule.to_noise_schedule()
+    raise TypeError(f"expected a NoiseScheduleVP (or DiscreteDiffusion), got {type(schedule).__name__}")
 
 
 # --------------------------------------------------------------------------------- jnp helpers
@@ -219,15 +241,18 @@ def extract(table: np.ndarray, t: jax.Array, x: jax.Array) -> jax.Array:
     return coef.reshape(coef.shape + (1,) * (x.ndim - 1))
 
 
-def q_sample(diffusion: DiscreteDiffusion, x0: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+def q_sample(diffusion: DiscreteDiffusion | NoiseScheduleVP, x0: jax.Array, t: jax.Array,
+             noise: jax.Array) -> jax.Array:
     """Sample x_t ~ q(x_t | x_0) = sqrt(acp_t) x0 + sqrt(1 - acp_t) noise; x0, noise (B, ...), t (B,)."""
+    diffusion = as_tables(diffusion)
     return (extract(diffusion.sqrt_alphas_cumprod, t, x0) * x0
             + extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x0) * noise)
 
 
-def q_posterior_mean_variance(diffusion: DiscreteDiffusion, x0: jax.Array, xt: jax.Array,
+def q_posterior_mean_variance(diffusion: DiscreteDiffusion | NoiseScheduleVP, x0: jax.Array, xt: jax.Array,
                               t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Mean, variance and clipped log variance of q(x_{t-1} | x_t, x_0), each (B, ...) like xt."""
+    diffusion = as_tables(diffusion)
     mean = (extract(diffusion.posterior_mean_coef1, t, xt) * x0
             + extract(diffusion.posterior_mean_coef2, t, xt) * xt)
     variance = jnp.broadcast_to(extract(diffusion.posterior_variance, t, xt), xt.shape)
@@ -235,13 +260,17 @@ def q_posterior_mean_variance(diffusion: DiscreteDiffusion, x0: jax.Array, xt: j
     return mean, variance, log_variance
 
 
-def predict_x0_from_eps(diffusion: DiscreteDiffusion, xt: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+def predict_x0_from_eps(diffusion: DiscreteDiffusion | NoiseScheduleVP, xt: jax.Array, t: jax.Array,
+                        eps: jax.Array) -> jax.Array:
     """x0 = sqrt(1 / acp_t) x_t - sqrt(1 / acp_t - 1) eps; xt, eps (B, ...), t (B,)."""
+    diffusion = as_tables(diffusion)
     return (extract(diffusion.sqrt_recip_alphas_cumprod, t, xt) * xt
             - extract(diffusion.sqrt_recipm1_alphas_cumprod, t, xt) * eps)
 
 
-def predict_eps_from_x0(diffusion: DiscreteDiffusion, xt: jax.Array, t: jax.Array, x0: jax.Array) -> jax.Array:
+def predict_eps_from_x0(diffusion: DiscreteDiffusion | NoiseScheduleVP, xt: jax.Array, t: jax.Array,
+                        x0: jax.Array) -> jax.Array:
     """eps = (sqrt(1 / acp_t) x_t - x0) / sqrt(1 / acp_t - 1); xt, x0 (B, ...), t (B,)."""
+    diffusion = as_tables(diffusion)
     return ((extract(diffusion.sqrt_recip_alphas_cumprod, t, xt) * xt - x0)
             / extract(diffusion.sqrt_recipm1_alphas_cumprod, t, xt))

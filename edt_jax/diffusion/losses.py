@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from edt_jax.checks import check_choice
-from edt_jax.diffusion.ddpm import DiscreteDiffusion, extract, q_posterior_mean_variance, q_sample
+from edt_jax.diffusion.ddpm import DiscreteDiffusion, as_tables, extract, q_posterior_mean_variance, q_sample
+from edt_jax.diffusion.predictions import PREDICTIONS
 
-PREDICTIONS = ("eps", "x0", "v")
 WEIGHTINGS = ("min_snr", "none")
 
 
@@ -74,6 +74,7 @@ def _mean_flat(x: jax.Array) -> jax.Array:
 def mse_loss_weights(diffusion: DiscreteDiffusion, *, prediction: str = "eps", weighting: str = "min_snr",
                      snr_gamma: float = 5.0) -> np.ndarray:
     """(N,) float64 per-timestep weight of the MSE term (see the module docstring for the formula)."""
+    diffusion = as_tables(diffusion)
     check_choice("prediction", prediction, PREDICTIONS)
     check_choice("weighting", weighting, WEIGHTINGS)
     snr_gamma = _check_gamma(snr_gamma)
@@ -125,9 +126,7 @@ def _vb_terms_bpd(diffusion: DiscreteDiffusion, prediction: str, x_start: jax.Ar
     return jnp.where(t == 0, nll, kl)
 
 
-def _check_args(diffusion, learn_sigma, x_start, t, noise) -> None:
-    if not isinstance(diffusion, DiscreteDiffusion):
-        raise TypeError(f"diffusion must be a DiscreteDiffusion, got {type(diffusion).__name__}")
+def _check_args(learn_sigma, x_start, t, noise) -> None:
     if not isinstance(learn_sigma, (bool, np.bool_)):
         raise ValueError(f"learn_sigma must be True or False, got {learn_sigma!r}")
     if x_start.ndim < 2:
@@ -153,7 +152,7 @@ def training_losses(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_sta
       x_start: (B, ..., C) clean data x_0, channels last.
       t: (B,) integer timesteps in [0, N).
       noise: (B, ..., C) standard normal noise; x_t = sqrt(acp_t) x_start + sqrt(1 - acp_t) noise.
-      diffusion: the training diffusion (e.g. 1000 linear betas).
+      diffusion: the training schedule: a discrete ``NoiseScheduleVP`` or its ``DiscreteDiffusion`` tables.
       learn_sigma: whether the model outputs variance channels (trained through the vb term).
       prediction: what the first C channels predict: "eps" | "x0" | "v" (v = sqrt(acp) eps - sqrt(1-acp) x0).
       weighting: "min_snr" (MDTv2 / EDT) or "none" (plain DiT).
@@ -166,7 +165,8 @@ def training_losses(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_sta
     x_start = jnp.asarray(x_start, dtype=jnp.float32)
     noise = jnp.asarray(noise, dtype=jnp.float32)
     t = jnp.asarray(t)
-    _check_args(diffusion, learn_sigma, x_start, t, noise)
+    diffusion = as_tables(diffusion)
+    _check_args(learn_sigma, x_start, t, noise)
     weights = mse_loss_weights(diffusion, prediction=prediction, weighting=weighting, snr_gamma=snr_gamma)
 
     x_t = q_sample(diffusion, x_start, t, noise)

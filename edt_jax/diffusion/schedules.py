@@ -13,11 +13,20 @@ lambda_t = log alpha_t - log sigma_t.
 Every method accepts Python floats, NumPy arrays (evaluated in float64 on the host, which is how
 the samplers build their per-step coefficients) or JAX arrays/tracers (evaluated with ``jax.numpy``
 in the array's precision, which is how model wrappers use them inside a compiled trajectory).
+
+A discrete schedule is also the training diffusion: ``ns.tables`` holds ADM's float64 tables of the same betas
+(``DiscreteDiffusion``: ``alphas_cumprod``, the posterior coefficients, respacing) that the training losses and
+ancestral DDPM sampling read, so one object serves training, every sampler and the analyses.
+
+Time: the samplers integrate in the continuous time t (``marginal_*``, ``time_grid``); a network sees its own
+time ``t_input = ns.model_time(t)``, the training timestep (0 .. N-1 for N = 1000). Everything a user hands a
+network or reads about one (network callables, guidance intervals, DP-IR and DisDiff models) speaks ``t_input``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -56,6 +65,7 @@ class NoiseScheduleVP:
       t_array, log_alpha_array: the (N,) interpolation knots of a discrete schedule (float64).
       beta_0, beta_1: the linear VP-SDE parameters.
       cosine_s: the improved-DDPM offset s.
+      betas: the (N,) float64 betas of a discrete schedule (derived from ``alphas_cumprod`` when built from it).
     """
 
     schedule: str
@@ -66,6 +76,7 @@ class NoiseScheduleVP:
     beta_0: float = 0.1
     beta_1: float = 20.0
     cosine_s: float = 0.008
+    betas: np.ndarray | None = None
 
     # ----------------------------------------------------------------------------- constructors
     @classmethod
@@ -85,9 +96,35 @@ class NoiseScheduleVP:
                 raise ValueError(f"alphas_cumprod must be a 1-D array of at least 2 values in (0, 1), "
                                  f"got shape {alphas_cumprod.shape}")
             log_alphas = 0.5 * np.log(alphas_cumprod)
+            betas = 1.0 - alphas_cumprod / np.append(1.0, alphas_cumprod[:-1])
         n = log_alphas.shape[0]
         t_array = np.linspace(0.0, 1.0, n + 1)[1:]
-        return cls("discrete", n, 1.0, t_array=t_array, log_alpha_array=log_alphas)
+        return cls("discrete", n, 1.0, t_array=t_array, log_alpha_array=log_alphas, betas=betas)
+
+    @classmethod
+    def named(cls, name: str = "linear", num_timesteps: int = 1000) -> NoiseScheduleVP:
+        """The discrete schedule of a named beta schedule (``diffusion.BETA_SCHEDULES``: ADM's "linear" and
+        "cosine", Stable Diffusion's "scaled_linear") with ``num_timesteps`` training timesteps."""
+        from edt_jax.diffusion.ddpm import beta_schedule
+
+        return cls.discrete(betas=beta_schedule(name, num_timesteps))
+
+    # ----------------------------------------------------------------------------- discrete tables
+    @functools.cached_property
+    def tables(self):
+        """ADM's float64 ``DiscreteDiffusion`` tables of this discrete schedule (what the training losses and
+        ancestral ``ddpm`` sampling read); a one-line error for the continuous schedules."""
+        if self.schedule != "discrete":
+            raise ValueError(f"the {self.schedule!r} schedule is continuous and has no discrete DDPM tables; build "
+                             f"one with NoiseScheduleVP.discrete(betas=...) or NoiseScheduleVP.named(...)")
+        from edt_jax.diffusion.ddpm import DiscreteDiffusion
+
+        return DiscreteDiffusion.from_betas(self.betas)
+
+    @property
+    def alphas_cumprod(self) -> np.ndarray:
+        """(N,) float64 alpha-bar of a discrete schedule (``tables.alphas_cumprod``)."""
+        return self.tables.alphas_cumprod
 
     @classmethod
     def linear(cls, beta_0: float = 0.1, beta_1: float = 20.0) -> NoiseScheduleVP:

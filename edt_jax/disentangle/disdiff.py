@@ -5,11 +5,12 @@
     ...
     codes = model.encode(params, x0)                                   # (B, N, d)
     eps_model = model.noise_model(params, dpm_params, codes, ns)       # (x_t, t_input) -> eps_hat
-    x = sample(eps_model, x_T, key, ns, diffusion, sampler="ddim", steps=20)
-    x_swapped = sample(model.noise_model(params, dpm_params, swap_codes(codes, donor_codes, c), ns), x_T, ...)
+    x = samplers.sample("ddim", eps_model, x_T, ns, steps=20)
+    x_swapped = samplers.sample("ddim", model.noise_model(params, dpm_params, swap_codes(codes, donor_codes, c), ns),
+                                x_T, ns, steps=20)
 
-``eps_fn(dpm_params, x_t, t_input) -> eps`` is the frozen DPM as a noise predictor (``noise_predictor``
-turns any library model into one). Params are ``{"encoder": ..., "decoder": ...}``.
+``eps_fn(dpm_params, x_t, t_input) -> eps`` is the frozen DPM as a noise predictor (``run.noise_predictor()``
+of a trained run, or ``noise_predictor`` of any network). Params are ``{"encoder": ..., "decoder": ...}``.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from edt_jax import samplers
-from edt_jax.checks import check_choice
-from edt_jax.diffusion import DiscreteDiffusion, NoiseScheduleVP
+from edt_jax.deprecation import warn_deprecated
+from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.disentangle.losses import disentangling_loss, shifted_x0, train_shift_coef
 from edt_jax.samplers.wrappers import noise_predictor  # noqa: F401 (re-exported)
 
-SAMPLERS = ("ddpm", *samplers.ODE_SAMPLERS)
+SAMPLERS = samplers.SAMPLERS
 EpsFn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (dpm_params, x_t, t_input) -> eps
 
 
@@ -119,7 +120,7 @@ class DisDiff:
 
     def noise_model(self, params: dict, dpm_params: Any, codes: jax.Array, ns: NoiseScheduleVP,
                     factors: jax.Array | None = None) -> Callable[[jax.Array, jax.Array], jax.Array]:
-        """``model(x_t, t_input) -> eps_theta + s_t * sum_n G_n`` for the samplers (``model_type="noise"``),
+        """``model(x_t, t_input) -> eps_theta + s_t * sum_n G_n`` for the samplers (``prediction="eps"``),
         s_t = -sqrt(1 - abar_t) read from ``ns`` (so fractional t_input works). ``factors`` (N,) 0/1 keeps
         only the fields of the factors marked 1 (default all)."""
 
@@ -136,15 +137,12 @@ class DisDiff:
 
 
 def sample(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key: jax.Array,
-           ns: NoiseScheduleVP, diffusion: DiscreteDiffusion, *, sampler: str = "ddim", steps: int = 20,
+           ns: NoiseScheduleVP, diffusion=None, *, sampler: str = "ddim", steps: int = 20,
            order: int = 2) -> jax.Array:
-    """x0 (B, H, W, C) from x_T with the noise predictor ``model(x, t_input)``: "ddpm" (ancestral, fixed-small
-    variance, as the official ``p_sample``) or an ODE sampler of the library ("ddim", "unipc", "dpm_solver")."""
-    check_choice("sampler", sampler, SAMPLERS)
-    if sampler == "ddpm":
-        return samplers.ddpm(model, x_T, key, diffusion, steps=steps, variance="fixed_small", model_type="noise")
-    model_fn = samplers.model_wrapper(model, ns, model_type="noise")
-    return samplers.solve(sampler, model_fn, x_T, ns, steps=steps, order=order)
+    """Deprecated: ``samplers.sample(sampler, model, x_T, ns, steps=..., key=key)`` (fixed-small variance for
+    "ddpm", as the official ``p_sample``)."""
+    warn_deprecated("disentangle.sample", "samplers.sample(sampler, model, x_T, ns, steps=..., key=...)")
+    return samplers.sample(sampler, model, x_T, ns, steps=steps, key=key, order=order)
 
 
 def ddim_invert(model: Callable[[jax.Array, jax.Array], jax.Array], x0: jax.Array, ns: NoiseScheduleVP, *,

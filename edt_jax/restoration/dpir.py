@@ -3,14 +3,14 @@
 The pieces are plain functions, so any IR network and any denoiser of this library plug in::
 
     denoise = x0_predictor(lambda p, x, t: edt.apply({"params": p}, x, t, null_labels), ns, "v", True)
+    denoise = run.x0_predictor()                            # the same, for a trained run (edt_jax.load_run)
     x0_ir = ir_fn(y)                                        # any callable y -> x0 estimate, (B, H, W, C)
     predict = fusion_inputs(lambda p, *a: fusion.apply({"params": p}, *a), denoise)
     model = fused_model(predict, fusion_params, denoiser_params, x0_ir)
-    x_hat = restore(model, x0_ir, key, ns, diffusion, sampler="ddim", steps=5, tau=0.25)
+    x_hat = restore(model, x0_ir, key, ns, sampler="ddim", steps=5, tau=0.25)
 
-``model(x, t_input) -> x0`` is a data-prediction network for every sampler of the library
-(``model_wrapper(model_type="x_start")`` for UniPC / DPM-Solver / DDIM, ``model_type="x_start"`` for the
-ancestral ``ddpm``). Because the early reverse steps add little beyond x0_IR, sampling may start at
+``model(x, t_input) -> x0`` is a data-prediction network (``prediction="x0"``) that every sampler of the
+library runs through ``samplers.sample``. Because the early reverse steps add little beyond x0_IR, sampling may start at
 tau < 1 from x_tau = alpha_tau x0_IR + sigma_tau eps (``start_state``).
 
 Times: ``t_input`` is what networks see (the training timestep, 0..N-1 for a discrete schedule);
@@ -28,36 +28,18 @@ import jax.numpy as jnp
 
 from edt_jax import samplers
 from edt_jax.checks import check_choice
-from edt_jax.diffusion import DiscreteDiffusion, NoiseScheduleVP
+from edt_jax.deprecation import warn_deprecated
+from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.restoration.networks import lift
-from edt_jax.samplers.wrappers import MODEL_TYPES, noise_predictor, prediction_reader
+from edt_jax.samplers.wrappers import x0_predictor  # noqa: F401 (re-exported: DP-IR's denoiser)
 
-SAMPLERS = ("ddpm", *samplers.ODE_SAMPLERS)
+SAMPLERS = samplers.SAMPLERS
 LOSSES = ("l1", "l2")
 X0Fn = Callable[[Any, jax.Array, jax.Array], jax.Array]  # (params, x_t, t_input) -> x0
 
 
 def _per_sample(v: jax.Array, x: jax.Array) -> jax.Array:
     return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim)).astype(x.dtype)
-
-
-def x0_predictor(network: Callable[[Any, jax.Array, jax.Array], jax.Array], ns: NoiseScheduleVP,
-                 model_type: str, learned_sigma: bool) -> X0Fn:
-    """``(params, x_t, t_input) -> x0``: a denoiser of any ``model_type`` ("noise", "x_start", "v", "score")
-    turned into a data predictor. ``network(params, x_t, t_input)`` returns (B, ..., C) or, with
-    ``learned_sigma``, (B, ..., 2C) whose first C channels are the prediction."""
-    check_choice("model_type", model_type, MODEL_TYPES)
-    read, noise = prediction_reader(network, learned_sigma), noise_predictor(network, ns, model_type, learned_sigma)
-
-    def x0(params, x_t, t_input):
-        if model_type == "x_start":
-            return read(params, x_t, t_input)
-        eps = noise(params, x_t, t_input)
-        t = ns.continuous_time(t_input)
-        alpha, sigma = _per_sample(ns.marginal_alpha(t), x_t), _per_sample(ns.marginal_std(t), x_t)
-        return (x_t - sigma * eps) / alpha
-
-    return x0
 
 
 def fusion_inputs(fusion_apply: Callable, denoise: X0Fn) -> Callable:
@@ -127,31 +109,26 @@ def start_state(x0_ir: jax.Array, key: jax.Array, ns: NoiseScheduleVP, tau: floa
     return ns.marginal_alpha(t_start) * x0_ir + ns.marginal_std(t_start) * eps, t_start
 
 
-def truncated_diffusion(diffusion: DiscreteDiffusion, n: int) -> DiscreteDiffusion:
-    """The first ``n`` timesteps of ``diffusion``: ancestral sampling over them starts at timestep n - 1."""
-    return DiscreteDiffusion.from_betas(diffusion.betas[:n])
-
-
-def restore(model: Callable, x0_ir: jax.Array, key: jax.Array, ns: NoiseScheduleVP, diffusion: DiscreteDiffusion, *,
+def restore(model: Callable, x0_ir: jax.Array, key: jax.Array, schedule: NoiseScheduleVP, diffusion=None, *,
             sampler: str = "ddim", steps: int = 10, tau: float = 1.0, order: int = 2) -> jax.Array:
     """Sample x0 with the data-prediction ``model(x, t_input)`` from x_tau (see ``start_state``); jit-able.
 
     ``sampler``: "ddpm" (ancestral, fixed-small variance, over the first round(tau N) timesteps) or an
     ODE sampler ("unipc", "dpm_solver", "ddim") from t = tau down to 1/N. ``steps`` is the number of
-    network evaluations (NFE) either way.
+    network evaluations (NFE) either way. ``schedule`` is the denoiser's discrete ``NoiseScheduleVP``
+    (``diffusion``, its tables given separately, is deprecated and unused).
     """
+    if diffusion is not None:
+        warn_deprecated("restoration.restore(..., ns, diffusion)", "restoration.restore(..., schedule)")
     check_choice("sampler", sampler, SAMPLERS)
     start_key, noise_key = jax.random.split(key)
-    x, t_start = start_state(x0_ir, start_key, ns, tau)
-    if sampler == "ddpm":
-        n = start_timestep(tau, ns.total_N)
-        if steps > n:
-            raise ValueError(f"steps={steps} ancestral steps do not fit in the {n} timesteps below tau={tau}; "
-                             f"use steps <= {n}")
-        return samplers.ddpm(model, x, noise_key, truncated_diffusion(diffusion, n), steps=steps,
-                             variance="fixed_small", model_type="x_start")
-    model_fn = samplers.model_wrapper(model, ns, model_type="x_start")
-    return samplers.solve(sampler, model_fn, x, ns, steps=steps, order=order, t_start=t_start)
+    x, t_start = start_state(x0_ir, start_key, schedule, tau)
+    n = start_timestep(tau, schedule.total_N)
+    if sampler == "ddpm" and steps > n:
+        raise ValueError(f"steps={steps} ancestral steps do not fit in the {n} timesteps below tau={tau}; "
+                         f"use steps <= {n}")
+    return samplers.sample(sampler, model, x, schedule, steps=steps, prediction="x0", key=noise_key, order=order,
+                           t_start=t_start, variance="fixed_small")
 
 
 def ir_loss(ir_apply: Callable[[Any, jax.Array], jax.Array], degradation, loss: str = "l1") -> Callable:

@@ -84,7 +84,7 @@ def run_plan(model_fn, x_T: jax.Array, plan: Plan, *, thresholding: tuple[float,
     x_T = jnp.asarray(x_T)
     dtype = state_dtype(x_T)
     x = x_T.astype(dtype)
-    data = plan.prediction == "data"
+    data = plan.space == "data"
 
     def as_state(a):
         return jnp.asarray(np.asarray(a, np.float64), dtype)

@@ -4,7 +4,7 @@ This is the sampler DiT / EDT report FID with (250 respaced steps of a 1000-step
 diffusion, learned-range variance). The network sees the ORIGINAL training timestep of each kept
 step (ADM's ``_WrappedModel``), and the per-step update is
 
-    x0   = f(model output)                      (eps, x_start or v parameterisation; optional clip)
+    x0   = f(model output)                      (eps, x0 or v prediction; optional clip)
     mean = coef1[i] x0 + coef2[i] x_i           (posterior mean of q(x_{i-1} | x_i, x0))
     x_{i-1} = mean + [i > 0] exp(log_var / 2) z, z = normal(fold_in(key, i))
 
@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from edt_jax.checks import check_choice
-from edt_jax.diffusion.ddpm import DiscreteDiffusion, space_timesteps
-from edt_jax.samplers.core import state_dtype
+from edt_jax.deprecation import warn_deprecated
+from edt_jax.diffusion.ddpm import DiscreteDiffusion, as_tables, space_timesteps
+from edt_jax.diffusion.predictions import PREDICTIONS, resolve_prediction
+from edt_jax.samplers.core import STEP_KWARG_ATTR, state_dtype
 from edt_jax.samplers.trajectory import Trajectory
 
 VARIANCES = ("learned_range", "fixed_small", "fixed_large")
-MODEL_TYPES = ("noise", "x_start", "v")
 
 
 def _step_tables(spaced: DiscreteDiffusion, variance: str) -> dict[str, np.ndarray]:
@@ -55,26 +56,47 @@ def _step_tables(spaced: DiscreteDiffusion, variance: str) -> dict[str, np.ndarr
     return {k: np.ascontiguousarray(v[::-1]) for k, v in tables.items()}
 
 
-def _check_args(diffusion, steps, variance, model_type, x_T) -> None:
+def start_timesteps(diffusion: DiscreteDiffusion, t_start: float | None) -> int:
+    """How many training timesteps a chain starting at continuous time ``t_start`` covers: round(t_start N)
+    (all N for None); the state at t_start = n / N is x at timestep n - 1."""
+    if t_start is None:
+        return diffusion.num_steps
+    n = round(float(t_start) * diffusion.num_steps)
+    if not 0.0 < float(t_start) <= 1.0 or n < 1:
+        raise ValueError(f"t_start={t_start!r} is not accepted by ddpm; expected a time in [1/N, 1] "
+                         f"(N = {diffusion.num_steps}): the chain starts at timestep round(t_start N) - 1")
+    return n
+
+
+def _check_args(diffusion, steps, variance, x_T, available: int) -> None:
     """Raise a one-line ValueError for bad user input, before anything is traced."""
-    if not isinstance(diffusion, DiscreteDiffusion):
-        raise TypeError(f"diffusion must be a DiscreteDiffusion, got {type(diffusion).__name__}")
     if diffusion.is_respaced:
         raise ValueError(f"diffusion is already respaced ({diffusion.num_steps} steps with timestep_map "
                          f"{diffusion.timestep_map[:3].tolist()}...); pass the original diffusion and choose steps=")
     is_int = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
-    if not is_int or not 1 <= steps <= diffusion.num_steps:
-        raise ValueError(f"steps={steps!r} is not accepted; expected an integer in [1, {diffusion.num_steps}] "
-                         f"(the diffusion's number of timesteps)")
+    if not is_int or not 1 <= steps <= available:
+        what = "the diffusion's number of timesteps" if available == diffusion.num_steps else \
+            "the timesteps below t_start"
+        raise ValueError(f"steps={steps!r} is not accepted; expected an integer in [1, {available}] ({what})")
     check_choice("variance", variance, VARIANCES)
-    check_choice("model_type", model_type, MODEL_TYPES)
     if jnp.ndim(x_T) < 2:
         raise ValueError(f"x_T must have shape (B, ..., C) with at least 2 axes, got shape {jnp.shape(x_T)}")
 
 
-def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key: jax.Array,
-         diffusion: DiscreteDiffusion, *, steps: int = 250, variance: str = "learned_range",
-         model_type: str = "noise", clip_denoised: bool = False, return_trajectory: bool = False):
+def _legacy_order(schedule, legacy: tuple, key):
+    """``ddpm(model, x_T, key, diffusion, ...)`` (the former argument order) -> (schedule, key), with a warning."""
+    if not legacy:
+        return schedule, key
+    if len(legacy) != 1 or key is not None:
+        raise TypeError("ddpm takes (model, x_T, schedule, *, key=..., steps=...)")
+    warn_deprecated("samplers.ddpm(model, x_T, key, diffusion)", "samplers.ddpm(model, x_T, schedule, key=key)")
+    return legacy[0], schedule
+
+
+def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, schedule, *legacy,
+         key: jax.Array | None = None, steps: int = 250, variance: str = "learned_range",
+         prediction: str | None = None, clip_denoised: bool = False, t_start: float | None = None,
+         return_trajectory: bool = False, model_type: str | None = None):
     """Ancestral sampling from x_T with ``steps`` respaced DDPM steps (ADM ``p_sample_loop``).
 
     Args:
@@ -82,24 +104,37 @@ def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key
         original training timestep. Returns (B, ..., C), or (B, ..., 2C) for variance="learned_range"
         where the second half of the last axis is ADM's v in [-1, 1]: the log variance is
         frac * log(beta) + (1 - frac) * posterior_log_variance_clipped with frac = (v + 1) / 2.
+        A model built by ``guided_network`` with per-call scales is passed the call index.
       x_T: (B, ..., C) starting noise; the state is kept in promote_types(x_T.dtype, float32).
+      schedule: a discrete ``NoiseScheduleVP`` (its ``tables``) or an un-respaced ``DiscreteDiffusion``.
       key: PRNG key; step i draws its noise from ``jax.random.fold_in(key, i)``.
-      diffusion: an un-respaced DiscreteDiffusion (e.g. 1000 linear betas).
-      steps: number of steps (and of model calls); the timesteps are space_timesteps(N, str(steps)),
-        so steps=N is plain DDPM.
+      steps: number of steps (and of model calls); the timesteps are space_timesteps(n, str(steps)) of the n
+        timesteps the chain covers, so steps = N is plain DDPM.
       variance: "learned_range" | "fixed_small" (posterior variance) | "fixed_large" (betas).
-      model_type: what the first C output channels predict: "noise" (eps) | "x_start" | "v".
+      prediction: what the first C output channels predict: "eps" (default) | "x0" | "v".
       clip_denoised: clip the predicted x0 to [-1, 1].
+      t_start: start the chain part-way, at continuous time t_start (timestep round(t_start N) - 1), from an x_T
+        that is a sample of that time (DP-IR's tau < 1); default: the full chain.
       return_trajectory: also return the ``Trajectory`` of the model calls: t = (n + 1) / N for the original
         timestep n (the continuous time of ``NoiseScheduleVP.discrete``), the state and the predicted x0.
+      model_type: deprecated name of ``prediction`` ("noise" | "x_start" | "v").
 
     Returns:
       (B, ..., C) samples x_0 in the state dtype; with ``return_trajectory``, ``(samples, Trajectory)``.
     """
-    _check_args(diffusion, steps, variance, model_type, x_T)
+    schedule, key = _legacy_order(schedule, legacy, key)
+    prediction = resolve_prediction(prediction, model_type, accepted=PREDICTIONS)
+    if key is None:
+        raise ValueError("ddpm draws fresh noise at every step: pass key=jax.random.key(...)")
+    diffusion = as_tables(schedule)
+    available = start_timesteps(diffusion, t_start) if not diffusion.is_respaced else diffusion.num_steps
+    _check_args(diffusion, steps, variance, x_T, available)
     steps = int(steps)
+    if available < diffusion.num_steps:  # the first n timesteps: the chain starts at timestep n - 1
+        diffusion = DiscreteDiffusion.from_betas(diffusion.betas[:available])
     spaced = diffusion.respace(space_timesteps(diffusion.num_steps, str(steps)))
     tables = _step_tables(spaced, variance)
+    per_call = getattr(model, STEP_KWARG_ATTR, False)
 
     x_T = jnp.asarray(x_T)
     dtype = state_dtype(x_T)
@@ -109,18 +144,20 @@ def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, key
     # Host float64 -> state dtype once; the scan slices one row per step.
     xs = {k: jnp.asarray(v, dtype=jnp.float32 if k == "t_input" else dtype) for k, v in tables.items()}
     xs["index"] = jnp.arange(steps - 1, -1, -1, dtype=jnp.int32)
+    xs["call"] = jnp.arange(steps, dtype=jnp.int32)
     xs["t"] = jnp.asarray((tables["t_input"] + 1.0) / diffusion.num_steps, dtype)
 
     def body(x, c):
-        out = model(x, jnp.full((batch,), c["t_input"], dtype=jnp.float32))
+        t_input = jnp.full((batch,), c["t_input"], dtype=jnp.float32)
+        out = model(x, t_input, step=c["call"]) if per_call else model(x, t_input)
         if out.shape[:-1] != x.shape[:-1] or out.shape[-1] != out_channels:
             raise ValueError(f"model output has shape {out.shape}; variance={variance!r} needs "
                              f"{x.shape[:-1] + (out_channels,)}")
         out = out.astype(dtype)
         pred = out[..., :channels]
-        if model_type == "noise":
+        if prediction == "eps":
             x0 = c["sqrt_recip_acp"] * x - c["sqrt_recipm1_acp"] * pred
-        elif model_type == "v":
+        elif prediction == "v":
             x0 = c["sqrt_acp"] * x - c["sqrt_one_minus_acp"] * pred
         else:
             x0 = pred

@@ -29,15 +29,15 @@ CORRECTORS = tuple(f"unic_{v}" for v in UNIC_VARIANTS)
 MAX_ORDER = 3
 
 
-def dpm_solver_step(grid: TimeGrid, j: int, order: int, prediction: str, size: int) -> LinearStep:
+def dpm_solver_step(grid: TimeGrid, j: int, order: int, space: str, size: int) -> LinearStep:
     """Multistep DPM-Solver(++)-``order`` update for step j (t_{j-1} -> t_j)."""
-    base = first_order_terms(grid, j, prediction)
+    base = first_order_terms(grid, j, space)
     e0 = age_vector(0, size)
     w = base.m0_coef * e0
     if order == 1:
         return LinearStep(base.x_coef, w)
     s, h = j - 1, base.h
-    data = prediction == "data"
+    data = space == "data"
     phi_1 = np.expm1(-h) if data else np.expm1(h)
     r0 = (grid.lam[s] - grid.lam[s - 1]) / h
     d1_0 = (e0 - age_vector(1, size)) / r0
@@ -56,7 +56,7 @@ def dpm_solver_step(grid: TimeGrid, j: int, order: int, prediction: str, size: i
     return LinearStep(base.x_coef, w - base.scale * (phi_2 * d1 + phi_3 * d2))
 
 
-def _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_end, lower_order_final,
+def _sample(model_fn, x_T, ns, steps, order, space, skip_type, t_start, t_end, lower_order_final,
             denoise_to_zero, thresholding, corrector, return_trajectory):
     check_choice("corrector", corrector, CORRECTORS + (None,))
     grid = validation.check_trajectory(ns, steps, order, MAX_ORDER, skip_type, t_start, t_end)
@@ -64,12 +64,12 @@ def _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_e
     validation.check_guidance_length(model_fn, steps, denoise_to_zero)
     # The reference only lowers the final orders for short trajectories (steps < 10).
     orders = warmup_orders(steps, order, lower_order_final and steps < 10)
-    predictors = [dpm_solver_step(grid, j, int(orders[j - 1]), prediction, order) for j in range(1, steps + 1)]
+    predictors = [dpm_solver_step(grid, j, int(orders[j - 1]), space, order) for j in range(1, steps + 1)]
     if corrector is None:
         correctors = [None] * (steps - 1)
     else:
-        correctors = unic_correctors(grid, orders, prediction, corrector.removeprefix("unic_"), order)
-    plan = build_plan(grid, predictors, correctors, prediction, order)
+        correctors = unic_correctors(grid, orders, space, corrector.removeprefix("unic_"), order)
+    plan = build_plan(grid, predictors, correctors, space, order)
     return run_plan(model_fn, x_T, plan, thresholding=thresholding, denoise_to_zero=denoise_to_zero,
                     return_trajectory=return_trajectory)
 
@@ -88,8 +88,8 @@ def dpm_solver(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, o
     ``(sample, Trajectory)``.
     """
     check_choice("algorithm", algorithm, ALGORITHMS)
-    prediction = "data" if algorithm == "dpmsolver++" else "noise"
-    return _sample(model_fn, x_T, ns, steps, order, prediction, skip_type, t_start, t_end, lower_order_final,
+    space = "data" if algorithm == "dpmsolver++" else "noise"
+    return _sample(model_fn, x_T, ns, steps, order, space, skip_type, t_start, t_end, lower_order_final,
                    denoise_to_zero, thresholding, corrector, return_trajectory)
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 
-PREDICTIONS = ("data", "noise")
+SOLVER_SPACES = ("data", "noise")  # what a multistep solver integrates: the data (x0) or the noise prediction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +69,11 @@ class FirstOrderTerms:
     hh: float
 
 
-def first_order_terms(grid: TimeGrid, j: int, prediction: str) -> FirstOrderTerms:
+def first_order_terms(grid: TimeGrid, j: int, space: str) -> FirstOrderTerms:
     """DDIM / DPM-Solver-1 from t_{j-1} to t_j: x_t = x_coef x_s + m0_coef M(x_s, s)."""
     s, t = j - 1, j
     h = grid.lam[t] - grid.lam[s]
-    if prediction == "data":
+    if space == "data":
         return FirstOrderTerms(x_coef=grid.sigma[t] / grid.sigma[s], m0_coef=-grid.alpha[t] * np.expm1(-h),
                                scale=grid.alpha[t], h=h, hh=-h)
     return FirstOrderTerms(x_coef=np.exp(grid.log_alpha[t] - grid.log_alpha[s]),
@@ -122,7 +122,7 @@ class Plan:
     corr_new: np.ndarray       # (S,) weight of M_k
     pred_x: np.ndarray         # (S,) weight of x_k
     pred_hist: np.ndarray      # (S, P) weights of the slots after M_k is stored
-    prediction: str            # "data" | "noise": what the history holds
+    space: str                 # "data" | "noise": the solver space, what the history holds
     final_time: float          # t_S
     final_alpha: float
     final_sigma: float
@@ -145,7 +145,7 @@ def _by_slot(age_weights: np.ndarray, newest_slot: int, size: int) -> np.ndarray
 
 
 def build_plan(grid: TimeGrid, predictors: list[LinearStep], correctors: list[LinearStep | None],
-               prediction: str, history_size: int) -> Plan:
+               space: str, history_size: int) -> Plan:
     """Assemble a Plan from per-step predictor (steps 1..S) and corrector (steps 1..S-1) updates."""
     steps = grid.steps
     if len(predictors) != steps or len(correctors) != steps - 1:
@@ -170,6 +170,6 @@ def build_plan(grid: TimeGrid, predictors: list[LinearStep], correctors: list[Li
             corr_new[k] = corr.new_coef
     return Plan(times=grid.t[:-1], alphas=grid.alpha[:-1], sigmas=grid.sigma[:-1], slot=slot,
                 corrector_on=corrector_on, corr_x=corr_x, corr_hist=corr_hist, corr_new=corr_new,
-                pred_x=pred_x, pred_hist=pred_hist, prediction=prediction,
+                pred_x=pred_x, pred_hist=pred_hist, space=space,
                 final_time=float(grid.t[-1]), final_alpha=float(grid.alpha[-1]),
                 final_sigma=float(grid.sigma[-1]))

@@ -49,3 +49,20 @@ def call_times(ns: NoiseScheduleVP, steps: int, skip_type: str = "time_uniform",
     grid = validation.check_trajectory(ns, steps, 1, 1, skip_type, t_start, t_end)
     times = grid.t[:-1]
     return np.append(times, grid.t[-1]) if denoise_to_zero else times
+
+
+def call_timesteps(ns: NoiseScheduleVP, steps: int, skip_type: str = "time_uniform", *, sampler: str = "unipc",
+                   t_start: float | None = None, t_end: float | None = None) -> np.ndarray:
+    """(steps,) float64 network time (the training timestep ``t_input``) of each model call of ``sampler``.
+
+    The ODE samplers call the network at ``ns.model_time(call_times(...))``; the ancestral ``ddpm`` at the
+    respaced training timesteps (ADM's ``space_timesteps``), newest first. Guidance intervals and label switches
+    given in training timesteps are placed with it.
+    """
+    if sampler == "ddpm":
+        from edt_jax.diffusion.ddpm import space_timesteps  # noqa: PLC0415 (ddpm's tables are its only user here)
+
+        if t_start is not None or t_end is not None:
+            raise ValueError("call_timesteps of ddpm covers the full chain; t_start / t_end apply to the ODE samplers")
+        return np.asarray(sorted(space_timesteps(ns.total_N, str(steps)), reverse=True), np.float64)
+    return np.asarray(ns.model_time(call_times(ns, steps, skip_type, t_start, t_end)), np.float64)

@@ -20,18 +20,27 @@ import jax
 import numpy as np
 
 from edt_jax.checks import check_choice
+from edt_jax.deprecation import warn_deprecated
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 from edt_jax.samplers import validation
 from edt_jax.samplers.core import run_plan
-from edt_jax.samplers.plan import LinearStep, TimeGrid, age_vector, build_plan, first_order_terms, warmup_orders
+from edt_jax.samplers.plan import (
+    SOLVER_SPACES,
+    LinearStep,
+    TimeGrid,
+    age_vector,
+    build_plan,
+    first_order_terms,
+    warmup_orders,
+)
 
 VARIANTS = ("bh1", "bh2")
 MAX_ORDER = 3
 
 
-def _bh_system(grid: TimeGrid, j: int, order: int, prediction: str, variant: str):
+def _bh_system(grid: TimeGrid, j: int, order: int, space: str, variant: str):
     """R, b, B(h), the r_k and the shared first-order terms of step j with the given order."""
-    base = first_order_terms(grid, j, prediction)
+    base = first_order_terms(grid, j, space)
     s = j - 1
     hh = base.hh
     # r_k for the history points of age 1..order-1, then the end point r = 1.
@@ -53,9 +62,9 @@ def _differences(rks: np.ndarray, order: int, size: int) -> list[np.ndarray]:
     return [(age_vector(i, size) - age_vector(0, size)) / rks[i - 1] for i in range(1, order)]
 
 
-def unip_step(grid: TimeGrid, j: int, order: int, prediction: str, variant: str, size: int) -> LinearStep:
+def unip_step(grid: TimeGrid, j: int, order: int, space: str, variant: str, size: int) -> LinearStep:
     """UniP-``order`` predictor for step j (t_{j-1} -> t_j)."""
-    R, b, b_h, rks, base = _bh_system(grid, j, order, prediction, variant)
+    R, b, b_h, rks, base = _bh_system(grid, j, order, space, variant)
     w = base.m0_coef * age_vector(0, size)
     if order >= 2:
         rhos = np.array([0.5]) if order == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
@@ -64,9 +73,9 @@ def unip_step(grid: TimeGrid, j: int, order: int, prediction: str, variant: str,
     return LinearStep(x_coef=base.x_coef, hist_coef=w)
 
 
-def unic_step(grid: TimeGrid, j: int, order: int, prediction: str, variant: str, size: int) -> LinearStep:
+def unic_step(grid: TimeGrid, j: int, order: int, space: str, variant: str, size: int) -> LinearStep:
     """UniC-``order`` corrector for step j, using the model output at the predicted x_{t_j}."""
-    R, b, b_h, rks, base = _bh_system(grid, j, order, prediction, variant)
+    R, b, b_h, rks, base = _bh_system(grid, j, order, space, variant)
     rhos = np.array([0.5]) if order == 1 else np.linalg.solve(R, b)
     w = base.m0_coef * age_vector(0, size)
     for rho, diff in zip(rhos[:-1], _differences(rks, order, size), strict=True):
@@ -77,16 +86,17 @@ def unic_step(grid: TimeGrid, j: int, order: int, prediction: str, variant: str,
     return LinearStep(x_coef=base.x_coef, hist_coef=w, new_coef=new_coef)
 
 
-def unic_correctors(grid: TimeGrid, orders: np.ndarray, prediction: str, variant: str,
+def unic_correctors(grid: TimeGrid, orders: np.ndarray, space: str, variant: str,
                     size: int) -> list[LinearStep]:
     """UniC for steps 1..S-1 at each step's order (none at the final step: no model call follows)."""
-    return [unic_step(grid, j, int(orders[j - 1]), prediction, variant, size) for j in range(1, grid.steps)]
+    return [unic_step(grid, j, int(orders[j - 1]), space, variant, size) for j in range(1, grid.steps)]
 
 
 def unipc(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order: int = 2, variant: str = "bh1",
-          prediction: str = "data", skip_type: str = "time_uniform", t_start: float | None = None,
+          solver_space: str = "data", skip_type: str = "time_uniform", t_start: float | None = None,
           t_end: float | None = None, lower_order_final: bool = True, denoise_to_zero: bool = False,
-          thresholding: tuple[float, float] | None = None, return_trajectory: bool = False):
+          thresholding: tuple[float, float] | None = None, return_trajectory: bool = False, *,
+          prediction: str | None = None):
     """Sample with multistep UniPC (orders 1 to 3) as one ``lax.scan``.
 
     Args:
@@ -96,7 +106,9 @@ def unipc(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order:
       steps: number of model evaluations (+1 with ``denoise_to_zero``).
       order: 1, 2 or 3; the first steps warm up with lower orders.
       variant: "bh1" (B(h) = h, best for unconditional) or "bh2" (B(h) = e^h - 1, for guidance).
-      prediction: "data" (UniPC with the data-prediction model) or "noise".
+      solver_space: what the solver integrates: "data" (UniPC with the data-prediction model, the default) or
+        "noise" (the reference's ``predict_x0=False``). Not what the network predicts: ``model_fn`` always
+        returns eps (``model_wrapper`` converts any network). ``prediction=`` is its deprecated name.
       skip_type: "time_uniform" | "logSNR" | "time_quadratic" time grid.
       t_start, t_end: time range (defaults T and 1/N).
       lower_order_final: use lower orders in the last steps (always, as the reference UniPC).
@@ -108,14 +120,17 @@ def unipc(model_fn, x_T: jax.Array, ns: NoiseScheduleVP, steps: int = 10, order:
       ``(sample, Trajectory)``.
     """
     check_choice("variant", variant, VARIANTS)
-    check_choice("prediction", prediction, ("data", "noise"))
+    if prediction is not None:
+        warn_deprecated("unipc(prediction=...)", "unipc(solver_space=...)")
+        solver_space = prediction
+    check_choice("solver_space", solver_space, SOLVER_SPACES)
     grid = validation.check_trajectory(ns, steps, order, MAX_ORDER, skip_type, t_start, t_end)
     validation.check_thresholding(thresholding)
     validation.check_guidance_length(model_fn, steps, denoise_to_zero)
     orders = warmup_orders(steps, order, lower_order_final)
-    predictors = [unip_step(grid, j, int(orders[j - 1]), prediction, variant, order) for j in range(1, steps + 1)]
-    correctors = unic_correctors(grid, orders, prediction, variant, order)
-    plan = build_plan(grid, predictors, correctors, prediction, order)
+    predictors = [unip_step(grid, j, int(orders[j - 1]), solver_space, variant, order) for j in range(1, steps + 1)]
+    correctors = unic_correctors(grid, orders, solver_space, variant, order)
+    plan = build_plan(grid, predictors, correctors, solver_space, order)
     return run_plan(model_fn, x_T, plan, thresholding=thresholding, denoise_to_zero=denoise_to_zero,
                     return_trajectory=return_trajectory)
 

@@ -1,7 +1,8 @@
 """Turn a network into the noise-prediction ``model_fn(x, t_continuous)`` the samplers integrate.
 
-``model_wrapper`` converts the network's time convention and output type (noise / x_start / v /
-score) and applies classifier-free guidance as ONE batched call on [uncond; cond]. The guidance scale
+``model_wrapper`` converts the network's time (``t_input``) and its ``prediction`` ("eps" | "x0" | "v" |
+"score") and applies classifier-free guidance as ONE batched call on [uncond; cond]. ``guided_network`` applies
+the same guidance to a network's raw output, for the ancestral ``ddpm`` sampler. The guidance scale
 may be a per-call array (one value per model call, ``samplers.guidance``): calls whose scale is exactly
 1 run only the conditional half and calls whose scale is exactly 0 only the unconditional half, so
 guiding only some calls really saves compute.
@@ -11,17 +12,18 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from edt_jax.checks import check_choice
+from edt_jax.diffusion.predictions import resolve_prediction, to_eps
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 from edt_jax.samplers.core import STEP_KWARG_ATTR
 from edt_jax.samplers.validation import GUIDANCE_STEPS_ATTR
 
-MODEL_TYPES = ("noise", "x_start", "v", "score")
 GUIDANCE_TYPES = ("uncond", "classifier-free")
 
 
@@ -31,17 +33,15 @@ def _per_sample(v: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def output_to_noise(output: jax.Array, x: jax.Array, t_continuous: jax.Array, ns: NoiseScheduleVP,
-                    model_type: str) -> jax.Array:
-    """Convert a network output of ``model_type`` at (x, t) (B, ...) into a noise prediction."""
-    if model_type == "noise":
+                    prediction: str = "eps", *, model_type: str | None = None) -> jax.Array:
+    """Convert a network output of ``prediction`` ("eps" | "x0" | "v" | "score") at (x, t) (B, ...) into a
+    noise prediction; ``t_continuous`` is the samplers' time."""
+    prediction = resolve_prediction(prediction if model_type is None else None, model_type)
+    if prediction == "eps":
         return output
     alpha = _per_sample(ns.marginal_alpha(t_continuous), x).astype(x.dtype)
     sigma = _per_sample(ns.marginal_std(t_continuous), x).astype(x.dtype)
-    if model_type == "x_start":
-        return (x - alpha * output) / sigma
-    if model_type == "v":
-        return alpha * output + sigma * x
-    return -sigma * output  # score = -eps / sigma
+    return to_eps(output, x, alpha, sigma, prediction)
 
 
 def prediction_reader(network: Callable, learned_sigma: bool) -> Callable:
@@ -55,16 +55,39 @@ def prediction_reader(network: Callable, learned_sigma: bool) -> Callable:
     return read
 
 
-def noise_predictor(network: Callable, ns: NoiseScheduleVP, model_type: str, learned_sigma: bool) -> Callable:
-    """``(params, x_t, t_input) -> eps``: a network of any ``model_type`` ("noise", "x_start", "v", "score")
-    as a noise predictor; ``t_input`` is the network's time (``ns.model_time``)."""
-    check_choice("model_type", model_type, MODEL_TYPES)
+def noise_predictor(network: Callable, ns: NoiseScheduleVP, prediction: str | None = None,
+                    learned_sigma: bool = False, *, model_type: str | None = None) -> Callable:
+    """``(params, x_t, t_input) -> eps``: a network that predicts ``prediction`` ("eps", "x0", "v", "score") as a
+    noise predictor; ``t_input`` is the network's time (``ns.model_time``)."""
+    prediction = resolve_prediction(prediction, model_type)
     read = prediction_reader(network, learned_sigma)
 
     def eps(params, x_t, t_input):
-        return output_to_noise(read(params, x_t, t_input), x_t, ns.continuous_time(t_input), ns, model_type)
+        return output_to_noise(read(params, x_t, t_input), x_t, ns.continuous_time(t_input), ns, prediction)
 
     return eps
+
+
+def x0_predictor(network: Callable[[Any, jax.Array, jax.Array], jax.Array], ns: NoiseScheduleVP,
+                 prediction: str | None = None, learned_sigma: bool = False, *,
+                 model_type: str | None = None) -> Callable:
+    """``(params, x_t, t_input) -> x0``: a denoiser that predicts ``prediction`` ("eps", "x0", "v", "score")
+    turned into a data predictor. ``network(params, x_t, t_input)`` returns (B, ..., C) or, with
+    ``learned_sigma``, (B, ..., 2C) whose first C channels are the prediction (``model_type=`` is the
+    deprecated name of ``prediction``)."""
+    prediction = resolve_prediction(prediction, model_type)
+    read, noise = prediction_reader(network, learned_sigma), noise_predictor(network, ns, prediction, learned_sigma)
+
+    def x0(params, x_t, t_input):
+        if prediction == "x0":
+            return read(params, x_t, t_input)
+        eps = noise(params, x_t, t_input)
+        t = ns.continuous_time(t_input)
+        alpha = _per_sample(ns.marginal_alpha(t), x_t).astype(x_t.dtype)
+        sigma = _per_sample(ns.marginal_std(t), x_t).astype(x_t.dtype)
+        return (x_t - sigma * eps) / alpha
+
+    return x0
 
 
 def _concat_conditions(uncond, cond):
@@ -98,15 +121,16 @@ def _guidance_scales(guidance_scale):
     return None, None, array
 
 
-def model_wrapper(model: Callable, ns: NoiseScheduleVP, model_type: str = "noise", guidance_type: str = "uncond",
+def model_wrapper(model: Callable, ns: NoiseScheduleVP, prediction: str | None = None, guidance_type: str = "uncond",
                   condition=None, unconditional_condition=None, guidance_scale=1.0,
-                  learned_sigma: bool = False) -> Callable:
+                  learned_sigma: bool = False, *, model_type: str | None = None) -> Callable:
     """Wrap ``model(x, t_input[, cond])`` into ``model_fn(x, t_continuous) -> eps``.
 
     Args:
       model: the network; ``t_input = ns.model_time(t)`` (1000 (t - 1/N) for discrete schedules).
       ns: the noise schedule the sampler uses.
-      model_type: what the network predicts: "noise" | "x_start" | "v" | "score".
+      prediction: what the network predicts: "eps" (default) | "x0" | "v" | "score" (``model_type=`` and its
+        values "noise" | "x_start" are the deprecated names).
       guidance_type: "uncond" or "classifier-free".
       condition, unconditional_condition: (B, ...) arrays or pytrees of them (e.g. labels, and
         the null label); with classifier-free guidance the network sees [uncond; cond] in one call.
@@ -121,7 +145,50 @@ def model_wrapper(model: Callable, ns: NoiseScheduleVP, model_type: str = "noise
       learned_sigma: the network returns 2C channels on the last axis (eps and a variance
         interpolation, as DiT/EDT); only the first C are used.
     """
-    check_choice("model_type", model_type, MODEL_TYPES)
+    prediction = resolve_prediction(prediction, model_type)
+
+    def network_eps(x, t_continuous, cond):
+        t_input = ns.model_time(t_continuous)
+        out = model(x, t_input) if cond is None else model(x, t_input, cond)
+        if learned_sigma:
+            out = out[..., : x.shape[-1]]
+        return output_to_noise(out.astype(x.dtype), x, t_continuous, ns, prediction)
+
+    def combine(x, eps_u, eps_c, scale):
+        return eps_u + scale * (eps_c - eps_u)
+
+    return classifier_free(network_eps, guidance_type, condition, unconditional_condition, guidance_scale, combine)
+
+
+def guided_network(model: Callable, *, condition=None, unconditional_condition=None, guidance_scale=1.0,
+                   learned_sigma: bool = False) -> Callable:
+    """``net(x, t_input) -> raw output`` of ``model(x, t_input[, cond])`` with classifier-free guidance on its
+    prediction channels, for the ancestral ``ddpm`` sampler, which reads the network's raw output.
+
+    The first C channels (C = x's) are guided, eps_u + s (eps_c - eps_u) in the network's own prediction (an
+    affine function of eps, so the result equals guiding eps); with ``learned_sigma`` the variance channels are
+    the conditional pass's (DiT's ``forward_with_cfg``). ``guidance_scale`` as ``model_wrapper``'s; without a
+    ``condition`` the network is called unconditionally.
+    """
+    guidance_type = "uncond" if condition is None else "classifier-free"
+
+    def call(x, t_input, cond):
+        return model(x, t_input) if cond is None else model(x, t_input, cond)
+
+    def combine(x, out_u, out_c, scale):
+        channels = x.shape[-1]
+        guided = out_u[..., :channels] + scale * (out_c[..., :channels] - out_u[..., :channels])
+        return jnp.concatenate([guided, out_c[..., channels:]], axis=-1) if learned_sigma else guided
+
+    return classifier_free(call, guidance_type, condition, unconditional_condition, guidance_scale, combine)
+
+
+def classifier_free(call: Callable, guidance_type: str, condition, unconditional_condition, guidance_scale,
+                    combine: Callable) -> Callable:
+    """``fn(x, t[, step])`` running ``call(x, t, cond)`` with classifier-free guidance: ``combine(x, out_u, out_c,
+    scale)`` of one batched call on [uncond; cond], or one half alone where the scale is exactly 0 or 1 (see
+    ``model_wrapper`` for the kinds of ``guidance_scale``). Per-call scales make ``fn`` take the model-call index
+    ``step`` (the samplers pass it)."""
     check_choice("guidance_type", guidance_type, GUIDANCE_TYPES)
     static_scale, dynamic_scale, scales = _guidance_scales(guidance_scale)
     if guidance_type == "classifier-free" and condition is None:
@@ -130,59 +197,51 @@ def model_wrapper(model: Callable, ns: NoiseScheduleVP, model_type: str = "noise
         raise ValueError(f"classifier-free guidance with guidance_scale {_describe(guidance_scale)} needs "
                          f"unconditional_condition=... (only a scale of exactly 1 runs without it)")
 
-    def network_eps(x, t_continuous, cond):
-        t_input = ns.model_time(t_continuous)
-        out = model(x, t_input) if cond is None else model(x, t_input, cond)
-        if learned_sigma:
-            out = out[..., : x.shape[-1]]
-        return output_to_noise(out.astype(x.dtype), x, t_continuous, ns, model_type)
-
-    def guided_eps(x, t_continuous, scale):
+    def guided(x, t, scale):
         x_in = jnp.concatenate([x, x], axis=0)
-        t_in = jnp.concatenate([t_continuous, t_continuous], axis=0)
-        eps_u, eps_c = jnp.split(network_eps(x_in, t_in, _concat_conditions(unconditional_condition, condition)),
-                                 2, axis=0)
-        return eps_u + scale * (eps_c - eps_u)
+        t_in = jnp.concatenate([t, t], axis=0)
+        out_u, out_c = jnp.split(call(x_in, t_in, _concat_conditions(unconditional_condition, condition)), 2, axis=0)
+        return combine(x, out_u, out_c, scale)
 
-    def switched_eps(x, t_continuous, scale):
+    def switched(x, t, scale):
         # Branch 0: unconditional half only (s == 0); 1: conditional half only (s == 1); 2: both, batched.
         branch = jnp.where(scale == 0, 0, jnp.where(scale == 1, 1, 2))
-        return jax.lax.switch(branch, [lambda: network_eps(x, t_continuous, unconditional_condition),
-                                       lambda: network_eps(x, t_continuous, condition),
-                                       lambda: guided_eps(x, t_continuous, scale)])
+        return jax.lax.switch(branch, [lambda: call(x, t, unconditional_condition),
+                                       lambda: call(x, t, condition),
+                                       lambda: guided(x, t, scale)])
 
     if guidance_type == "uncond":
-        def model_fn(x, t_continuous):
-            return network_eps(x, t_continuous, None)
-        return model_fn
+        def fn(x, t):
+            return call(x, t, None)
+        return fn
 
     if static_scale is not None:
         if static_scale in (0.0, 1.0):
             only = condition if static_scale == 1.0 else unconditional_condition
 
-            def model_fn(x, t_continuous):
-                return network_eps(x, t_continuous, only)
+            def fn(x, t):
+                return call(x, t, only)
         else:
-            def model_fn(x, t_continuous):
-                return guided_eps(x, t_continuous, jnp.asarray(static_scale, x.dtype))
-        return model_fn
+            def fn(x, t):
+                return guided(x, t, jnp.asarray(static_scale, x.dtype))
+        return fn
 
     if dynamic_scale is not None:
-        def model_fn(x, t_continuous):
-            return switched_eps(x, t_continuous, dynamic_scale.astype(x.dtype))
-        return model_fn
+        def fn(x, t):
+            return switched(x, t, dynamic_scale.astype(x.dtype))
+        return fn
 
     table = jnp.asarray(scales)
 
-    def model_fn(x, t_continuous, step=None):
+    def fn(x, t, step=None):
         if step is None:
             raise ValueError("this model_fn has a per-call guidance_scale; call it through a sampler "
                              "(or pass step=the model-call index)")
-        return switched_eps(x, t_continuous, table[step].astype(x.dtype))
+        return switched(x, t, table[step].astype(x.dtype))
 
-    setattr(model_fn, STEP_KWARG_ATTR, True)
-    setattr(model_fn, GUIDANCE_STEPS_ATTR, int(scales.shape[0]))
-    return model_fn
+    setattr(fn, STEP_KWARG_ATTR, True)
+    setattr(fn, GUIDANCE_STEPS_ATTR, int(scales.shape[0]))
+    return fn
 
 
 def _describe(guidance_scale) -> str:

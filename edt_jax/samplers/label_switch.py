@@ -4,7 +4,7 @@ The network sees label A on the first calls of a trajectory and label B on the r
 first calls, samples switched late keep A's shape; switched early, they follow B. The switch is made by the
 network's time input, so the stock ``samplers.model_wrapper`` (with its guidance) runs unchanged:
 
-    threshold = switch_threshold(ns.model_time(samplers.call_times(ns, steps)), num_before=4)
+    threshold = switch_threshold(samplers.call_timesteps(ns, steps), num_before=4)
     net = switched_network(network, threshold)          # network(x, t_input, labels)
     model_fn = samplers.model_wrapper(net, ns, guidance_type="classifier-free",
                                       condition={"before": a, "after": b},
