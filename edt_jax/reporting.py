@@ -1,4 +1,4 @@
-"""Markdown helpers shared by the launchers' reports and the benchmark scripts."""
+"""Markdown tables and spreads for the reports the analyses and the benchmark scripts write."""
 
 from __future__ import annotations
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from edt_jax.data.pixels import to_model_range  # noqa: F401 (re-exported)
 from edt_jax.data.shapes import FACTOR_NAMES, ShapesDataset, ShapesSubset
 from edt_jax.data.sources import create_source
 from edt_jax.data.tfds_source import open_tfds
@@ -39,12 +40,6 @@ _TFDS_FACTORS = {"shapes3d": SHAPES3D_FACTORS, "dsprites": DSPRITES_FACTORS}
 _TFDS_PIXEL_MAX = {"dsprites": 1}  # TFDS stores dSprites' pixels as 0/1, everything else as 0..255
 GROUND_TRUTH_FORMS = ("shapes[:64][:<factor>=<v>[+<v>...],...]", "tfds:shapes3d[:<split>]", "tfds:dsprites[:<split>]",
                       "tfds:<name>[:<split>] with factor_keys")
-
-
-def to_model_range(images: Any, pixel_max: float = 255) -> np.ndarray:
-    """Integer images (n, H, W, C) in [0, pixel_max] -> float32 in [-1, 1]; for 255 the arithmetic of
-    ``Preprocess`` (x / 127.5 - 1), so the codes match those of the training pipeline's images."""
-    return np.asarray(images).astype(np.float32) / np.float32(pixel_max / 2) - 1.0
 
 
 class _DiscreteGroundTruth:

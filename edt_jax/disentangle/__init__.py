@@ -9,7 +9,9 @@
                                             weight_scale=0.05)  # {invariant, variant, weight, total} (B,)
 
 ``DisDiff`` assembles them into the trainer's loss and the shifted samplers; ``networks`` holds the encoder,
-the sub-gradient decoder and the beta-VAE baseline; ``baselines`` the beta-VAE loss.
+the sub-gradient decoder and the beta-VAE baseline; ``baselines`` the beta-VAE loss. From a config:
+``disentangle.build`` (the method, on the frozen DPM of a ``launch.train`` run) and ``disentangle.tasks`` (train,
+evaluate, swap factors), which ``launch/disentangle.py`` calls.
 """
 
 from edt_jax.disentangle.disdiff import DisDiff, ddim_invert, noise_predictor, sample, swap_codes

@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from edt_jax.batching import map_in_batches
+from edt_jax.data.pixels import to_model_range
 from edt_jax.metrics.frechet import FeatureStats, StatsAccumulator
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -99,15 +101,6 @@ class Classifier(nn.Module):
         return features, logits
 
 
-def to_model_range(images) -> np.ndarray:
-    """uint8 images in 0..255 or floats in [-1, 1] (N, H, W, C) -> float32 clipped to [-1, 1]."""
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / 127.5 - 1.0
-    # Sampler overshoot beyond [-1, 1] would probe the network where it never saw data (a uint8 save clips too).
-    return np.clip(images.astype(np.float32), -1.0, 1.0)
-
-
 class Extractor:
     """A trained classifier with its parameters; ``features``/``logits`` run jitted in fixed-size batches.
 
@@ -142,16 +135,8 @@ class Extractor:
             shape = ", ".join(map(str, self.spec.image_shape))
             raise ValueError(f"the {self.name} extractor takes images (N, {shape}) with N >= 1, uint8 or in "
                              f"[-1, 1]; got shape {x.shape}")
-        feats, logits = [], {head: [] for head, _ in self.spec.heads}
-        for start in range(0, x.shape[0], self.batch_size):
-            chunk = x[start:start + self.batch_size]
-            n = chunk.shape[0]
-            chunk = np.pad(chunk, ((0, self.batch_size - n), (0, 0), (0, 0), (0, 0)))
-            f, out = self._apply(self.params, chunk)
-            feats.append(np.asarray(f[:n]))
-            for head in logits:
-                logits[head].append(np.asarray(out[head][:n]))
-        return np.concatenate(feats), {head: np.concatenate(v) for head, v in logits.items()}
+        feats, logits = map_in_batches(lambda chunk: self._apply(self.params, chunk), x, batch_size=self.batch_size)
+        return feats, dict(logits)
 
     def features(self, images) -> np.ndarray:
         """Images (N, 32, 32, C), uint8 or float in [-1, 1] -> feature vectors (N, feature_dim) float32."""

@@ -5,9 +5,11 @@ restore x from y with a frozen restoration network, a frozen diffusion denoiser 
     deg = restoration.create_degradation("sr4")               # or gaussian_blur:sigma=1.6, motion_blur:..., +noise:...
     y = deg.apply(x, restoration.image_keys(0, indices))      # x (B, H, W, C) in [-1, 1]
     model = restoration.fused_model(predict, fusion_params, denoiser_params, x0_ir)   # (x_t, t_input) -> x0
-    x_hat = restoration.restore(model, x0_ir, key, ns, diffusion, sampler="ddim", steps=5, tau=0.25)
+    x_hat = restoration.restore(model, x0_ir, key, ns, sampler="ddim", steps=5, tau=0.25)
 
-``launch/restore.py`` trains the networks and runs every method; ``docs/dpir.md`` has the results.
+From a ``configs/dpir_*.py`` config: ``restoration.build`` (the networks, their training and loading, every
+method as a ``Restorer``) and ``restoration.tasks`` (train a network, evaluate a method, restore a folder), which
+``launch/restore.py`` calls; ``docs/dpir.md`` has the results.
 """
 
 from edt_jax.restoration.baselines import ddnm_model

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
+from edt_jax.batching import map_in_batches
+from edt_jax.data.pixels import to_model_range
 from edt_jax.restoration.degradations import image_keys
 
 
@@ -42,16 +43,6 @@ def load_images(source: Sequence, count: int | None = None) -> np.ndarray:
     return np.stack([im[..., None] if im.ndim == 2 else im for im in images])
 
 
-def to_model_range(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, C) -> float32 in [-1, 1], as the data pipeline scales them."""
-    return images.astype(np.float32) / 127.5 - 1.0
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[-1, 1] floats -> uint8, rounded and clipped."""
-    return np.clip(np.round((np.asarray(images, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
 def degrade(images: np.ndarray, degradation, seed: int, indices: Sequence[int] | None = None,
             batch_size: int = 64) -> np.ndarray:
     """y of ``images`` (N, H, W, C) in [-1, 1]; image k uses ``image_keys(seed, [indices[k]])``."""
@@ -59,20 +50,6 @@ def degrade(images: np.ndarray, degradation, seed: int, indices: Sequence[int] |
     apply = jax.jit(degradation.apply)
     out = [np.asarray(apply(jnp.asarray(images[i:i + batch_size]), image_keys(seed, indices[i:i + batch_size])))
            for i in range(0, len(images), batch_size)]
-    return np.concatenate(out)
-
-
-def map_batches(fn: Callable[[jax.Array], jax.Array], x: np.ndarray, batch_size: int = 64,
-                what: str = "batches") -> np.ndarray:
-    """``fn`` (jitted by the caller) over ``x`` in batches, padded to one shape so it compiles once."""
-    out = []
-    for i in range(0, len(x), batch_size):
-        chunk = x[i:i + batch_size]
-        pad = batch_size - len(chunk)
-        padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
-        out.append(np.asarray(fn(jnp.asarray(padded)))[: len(chunk)])
-        if (i // batch_size) % 20 == 19:
-            logging.info("%s: %d/%d", what, i + len(chunk), len(x))
     return np.concatenate(out)
 
 
@@ -94,5 +71,5 @@ def build_bank(images: np.ndarray, degradation, ir_fn: Callable[[jax.Array], jax
     y = degrade(x0, degradation, seed, batch_size=batch_size)
     check_estimate_shape(jax.eval_shape(ir_fn, jax.ShapeDtypeStruct((1,) + y.shape[1:], jnp.float32)).shape,
                          (1,) + x0.shape[1:])
-    x0_ir = map_batches(jax.jit(ir_fn), y, batch_size, what="x0_IR of the training bank")
+    x0_ir = map_in_batches(jax.jit(ir_fn), y, batch_size=batch_size, progress="x0_IR of the training bank")
     return ArraySource(image=images, y=y, x0_ir=x0_ir.astype(np.float32))

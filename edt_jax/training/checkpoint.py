@@ -180,6 +180,16 @@ class Checkpointer:
         self.close()
 
 
+def restore_state_field(directory: str | os.PathLike, step: int, field: str, abstract: Any) -> Any:
+    """The ``field`` of the train state saved at ``step`` (e.g. ``"ema_params"``), read alone: the other fields
+    (the optimizer's moments, ...) are never read. ``abstract`` is its ``ShapeDtypeStruct`` tree with shardings."""
+    path = epath.Path(directory) / str(int(step)) / STATE
+    restore_args = ocp.checkpoint_utils.construct_restore_args({field: abstract})
+    restored = ocp.PyTreeCheckpointHandler().restore(
+        path, args=ocp.args.PyTreeRestore(item={field: abstract}, restore_args=restore_args, partial_restore=True))
+    return restored[field]
+
+
 def _path_name(path) -> str:
     """A key path as ``a/b/0``, whatever node types spell it (dict keys, dataclass fields, indices)."""
     parts = []

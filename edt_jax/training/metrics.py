@@ -27,12 +27,12 @@ class MetricsWriter:
         self._last_step = 0
 
     def truncate_after(self, step: int) -> None:
-        """Drop lines of steps > ``step`` (written after the checkpoint a resumed run starts from)."""
+        """Drop lines of steps > ``step`` (written after the checkpoint a resumed run starts from), and a torn last
+        line (a process killed while writing it)."""
         if not (self.is_writer and self.path.exists()):
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = [record for record in read_records(self.path) if record.get("step", 0) <= step]
+        self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
     def start(self, step: int) -> None:
         self._last_time, self._last_step = time.perf_counter(), step
@@ -57,6 +57,15 @@ class MetricsWriter:
             logging.info("step %d/%d (%.0f%%) loss %.5f%s%s ETA %s", step, self.total_steps,
                          100.0 * step / self.total_steps, record["loss"], extras, rate, _format_eta(eta))
         return record
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The complete records of a ``metrics.jsonl``: every newline-terminated JSON line. A last line without its
+    newline is still being written (or its writer was killed) and is left out, so a reader never sees half a
+    record."""
+    text = Path(path).read_text()
+    lines = text.split("\n")[:-1]  # the text after the last newline is not a complete record yet
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _format_eta(seconds: float) -> str:

@@ -109,6 +109,34 @@ def load_state(directory, init_params: InitParams, tx: optax.GradientTransformat
     return state, int(step)
 
 
+def load_params(directory, init_params: InitParams, mesh: Mesh, *, step: int | None = None, ema: bool = True,
+                rules=sharding_lib.LOGICAL_RULES) -> tuple[Any, int]:
+    """(parameters, step) of the checkpoint at ``step`` (default: the newest) in ``directory``: the EMA parameters
+    (or the raw ones without ``ema``) alone, sharded over ``mesh`` by their logical axes; no optimizer is built
+    and its state is never read. A one-line ``FileNotFoundError`` when the directory holds no checkpoint."""
+    from etils import epath
+
+    from edt_jax.training.checkpoint import Checkpointer, restore_state_field
+
+    if not epath.Path(directory).is_dir():
+        raise FileNotFoundError(f"no checkpoints in {directory}: the directory does not exist; train first")
+    abstract = jax.eval_shape(init_params, jax.random.key(0))
+    shardings = sharding_lib.variable_shardings(abstract, mesh, rules)
+    abstract = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                            nn.meta.unbox(abstract), shardings)
+    checkpointer = Checkpointer(directory)
+    try:
+        steps = checkpointer.all_steps()
+    finally:
+        checkpointer.close()
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint in {directory}; train first")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; available steps: {steps}")
+    return restore_state_field(directory, step, "ema_params" if ema else "params", abstract), step
+
+
 def _abstract_and_shardings(init_params, tx, mesh, rules) -> tuple[Any, Any]:
     """The boxed abstract state (traced, nothing allocated) and its NamedShardings from the logical names."""
     abstract = jax.eval_shape(lambda k: initial_state(init_params, tx, k), jax.random.key(0))

@@ -1,8 +1,14 @@
-"""DP-IR's networks, their training and the restoration methods, built from a ``configs/dpir_*.py`` config.
+"""DP-IR from a ``configs/dpir_*.py`` config: its networks, their training and loading, the restoration methods.
 
-Shared by ``launch/restore.py`` and ``benchmarks/restoration.py``. Networks live in ``<workdir>/<name>``:
-``ir`` and ``ir_alt`` (NAFNets), ``fusion`` and ``conditional`` (fusion-net architecture); the denoiser
-is the ``launch.train`` run of ``config.denoiser_workdir``.
+    from edt_jax.restoration import build
+    net, example = build.build_network(config, "ir")                    # a NAFNet and its example inputs
+    restorers = build.Restorers(config, workdir, degradation, (32, 32, 3))
+    restore = restorers.get("dpir", tau=0.25)                           # sampler / steps / tau: config.sample
+    x_hat = restore(y, indices, seed)                                   # numpy in [-1, 1], jitted batches
+
+Networks live in ``<workdir>/<name>``: ``ir`` and ``ir_alt`` (NAFNets), ``fusion`` and ``conditional`` (the
+fusion-net architecture); the denoiser is the ``launch.train`` run of ``config.denoiser_workdir``
+(``edt_jax.load_run``). ``tasks`` runs them (train, evaluate, restore a folder); ``launch.restore`` is its flags.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from edt_jax import data as data_lib
+from edt_jax.batching import map_in_batches
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.restoration import dpir
@@ -23,18 +30,20 @@ from edt_jax.restoration.baselines import ddnm_model
 from edt_jax.restoration.data import check_estimate_shape
 from edt_jax.restoration.degradations import image_keys, pseudo_inverse
 from edt_jax.restoration.networks import FusionNet, NAFNet, count_params, lift
+from edt_jax.runs import Run, load_run
+from edt_jax.runs.build import build_schedule
 from edt_jax.training import sharding
-from edt_jax.training.loop import LoopOptions, train
+from edt_jax.training.loop import LoopOptions, TrainResult, train
 from edt_jax.training.optimizers import create_optimizer
 from edt_jax.training.task import Task
-from edt_jax.training.train_state import load_state, model_init
+from edt_jax.training.train_state import load_params, model_init
 
 NETWORKS = ("ir", "ir_alt", "fusion", "conditional")
 METHODS = ("ir", "ir_alt", "dpir", "dpir_ir_alt", "ddnm", "conditional")
 
 
 def build_network(config: ml_collections.ConfigDict, name: str):
-    """(Flax module, example call arguments) of network ``name``."""
+    """(Flax module, example call arguments) of network ``name`` (``NETWORKS``)."""
     check_choice("network", name, NETWORKS)
     size, channels = config.data.image_size, config.data.channels
     image = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
@@ -49,23 +58,31 @@ def build_network(config: ml_collections.ConfigDict, name: str):
     return net, (image, image, image, jax.ShapeDtypeStruct((1,), jnp.float32))
 
 
+def network_summary(config: ml_collections.ConfigDict, name: str) -> str:
+    """One line on network ``name`` and its training: "ir: NAFNet with 12,345 parameters, 400 steps of 16 images"."""
+    net, example = build_network(config, name)
+    part = config[name]
+    params = jax.eval_shape(model_init(net, example), jax.random.key(0))
+    return (f"{name}: {type(net).__name__} with {count_params(params):,} parameters, {part.steps} steps of "
+            f"{part.batch_size} images")
+
+
 def _optimizer(part: ml_collections.ConfigDict):
     return create_optimizer("adamw", part.learning_rate, schedule="linear_decay", decay_steps=part.steps,
                             end_learning_rate=part.learning_rate * 0.01)
 
 
-def conditional_schedule(config) -> NoiseScheduleVP:
+def conditional_schedule(config: ml_collections.ConfigDict) -> NoiseScheduleVP:
     """The conditional baseline's noise schedule, from ``config.diffusion``."""
-    from launch import builders
-
-    return NoiseScheduleVP.discrete(betas=builders.build_diffusion(config).betas)
+    return build_schedule(config)
 
 
-def train_network(config, workdir: Path, name: str, source, degradation, *, denoise=None, frozen=None,
-                  frozen_ns=None):
+def train_network(config: ml_collections.ConfigDict, workdir: Path, name: str, source, degradation, *,
+                  denoise=None, frozen=None, frozen_ns=None) -> TrainResult:
     """Train ``name`` with the library's trainer into ``workdir/<name>`` (resumes; kill -9 safe).
 
-    The fusion net also takes the frozen denoiser: ``denoise`` (as ``load_denoiser``), its params and schedule.
+    The fusion net also takes the frozen denoiser: ``denoise`` (``(params, x_t, t_input) -> x0``), its params
+    ``frozen`` and its schedule ``frozen_ns``.
     """
     net, example = build_network(config, name)
     part = config[name]
@@ -90,11 +107,7 @@ def train_network(config, workdir: Path, name: str, source, degradation, *, deno
     paired = name == "fusion"  # a flip would separate x0 from its precomputed x0_IR
     dataset = data_lib.create_dataset(source, host_batch, seed=part.get("seed", config.seed), label_key=None,
                                       random_flip=config.data.random_flip and not paired, keep_keys=("x0_ir",))
-    init_params = model_init(net, example)
-    params = jax.eval_shape(init_params, jax.random.key(0))
-    print(f"{name}: {type(net).__name__} with {count_params(params):,} parameters, {part.steps} steps of "
-          f"{part.batch_size} images")
-    task = Task(init_params=init_params, loss_fn=loss_fn, frozen=frozen, ema_decay=part.ema_decay)
+    task = Task(init_params=model_init(net, example), loss_fn=loss_fn, frozen=frozen, ema_decay=part.ema_decay)
     options = LoopOptions(total_steps=part.steps, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps,
                           keep_checkpoints=config.keep_checkpoints, seed=part.get("seed", config.seed))
@@ -102,63 +115,61 @@ def train_network(config, workdir: Path, name: str, source, degradation, *, deno
                  config={"network": name, **config.to_dict()})
 
 
-def load_network(config, workdir: Path, name: str) -> tuple[object, Callable]:
+def load_network(config: ml_collections.ConfigDict, workdir: Path, name: str) -> tuple[object, Callable]:
     """(EMA params, fn) of a trained network; for the IR nets ``fn(y) -> x0_IR`` (it lifts y itself)."""
     net, example = build_network(config, name)
-    directory = workdir / name / "checkpoints"
+    directory = Path(workdir) / name / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no {name} network in {workdir}; run --mode train_{name} first")
-    state, _ = load_state(directory, model_init(net, example), _optimizer(config[name]), sharding.create_mesh())
-    params = state.ema_params
+    params, _ = load_params(directory, model_init(net, example), sharding.create_mesh())
     if name in ("ir", "ir_alt"):
         shape = example[0].shape[1:]
         return params, lambda y: net.apply({"params": params}, lift(y, (y.shape[0], *shape)))
     return params, lambda *args: net.apply({"params": params}, *args)
 
 
-def _denoiser_dir(config) -> Path:
+def load_denoiser(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> Run:
+    """The frozen DPM of ``config.denoiser_workdir`` (``run.x0_predictor()``, ``run.params``, ``run.schedule``).
+
+    The run must be trained on ``image_shape`` (H, W, C) images (one-line errors otherwise, or when the
+    config names no run or a missing directory).
+    """
     if not config.denoiser_workdir:
         raise ValueError("config.denoiser_workdir is empty; give a launch.train run on the same images "
                          "(--config.denoiser_workdir=DIR)")
-    return Path(config.denoiser_workdir).expanduser()
-
-
-def load_denoiser(config, image_shape: tuple[int, ...]):
-    """(denoise, params, diffusion, ns): the frozen DPM of ``config.denoiser_workdir`` as an x0 predictor.
-
-    ``denoise(params, x_t, t_input) -> x0``; ``params`` its EMA parameters.
-    The run must be trained on ``image_shape`` (H, W, C) images (one-line error otherwise).
-    """
-    from launch.sample import load_frozen_dpm
-
-    dpm = load_frozen_dpm(_denoiser_dir(config), image_shape)
-    denoise = dpir.x0_predictor(dpm.network, dpm.ns, dpm.model_type, dpm.learn_sigma)
-    return denoise, dpm.params, dpm.diffusion, dpm.ns
+    workdir = Path(config.denoiser_workdir).expanduser()
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"the denoiser workdir {workdir} does not exist; give a launch.train run directory")
+    run = load_run(workdir)
+    run.check_image_shape(image_shape, role="denoiser", user="this config restores")
+    return run
 
 
 class Restorer:
-    """``restorer(y, indices, seed) -> x_hat`` (numpy, [-1, 1]) in jitted batches; ``nfe`` network calls per image."""
+    """``restorer(y, indices, seed) -> x_hat`` (numpy, [-1, 1]) in jitted batches; ``nfe`` network calls per image.
+
+    ``fn(y, keys, key)``: a batch of measurements, their degradation keys (``image_keys(degradation_seed,
+    indices)``) and the batch's sampling key, ``fold_in(key(seed), offset)`` with offset the batch's first row.
+    """
 
     def __init__(self, fn: Callable, nfe: int, batch_size: int, degradation_seed: int):
         self._fn, self.nfe, self.batch_size, self.degradation_seed = jax.jit(fn), nfe, batch_size, degradation_seed
 
     def __call__(self, y: np.ndarray, indices: np.ndarray, seed: int) -> np.ndarray:
-        out = []
-        for i in range(0, len(y), self.batch_size):
-            chunk, idx = y[i:i + self.batch_size], np.asarray(indices[i:i + self.batch_size])
-            pad = self.batch_size - len(chunk)
-            if pad:  # one compiled shape for every batch
-                chunk, idx = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]), np.pad(idx, (0, pad), "edge")
-            keys = image_keys(self.degradation_seed, idx)
-            sample_key = jax.random.fold_in(jax.random.key(seed), i)
-            out.append(np.asarray(self._fn(jnp.asarray(chunk), keys, sample_key))[: self.batch_size - pad])
-        return np.concatenate(out)
+        base = jax.random.key(seed)
+        offsets = np.arange(len(y)) // self.batch_size * self.batch_size  # each row's batch: its sampling key
+
+        def batch(chunk, idx, offset):
+            key = jax.random.fold_in(base, int(offset[0]))
+            return self._fn(jnp.asarray(chunk), image_keys(self.degradation_seed, idx), key)
+
+        return map_in_batches(batch, y, np.asarray(indices), offsets, batch_size=self.batch_size)
 
 
 class Restorers:
     """Every restoration method of a run, its networks loaded once: ``Restorers(...).get("dpir", tau=0.25)``."""
 
-    def __init__(self, config, workdir: Path, degradation, image_shape: tuple[int, ...]):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, degradation, image_shape: tuple[int, ...]):
         self.config, self.workdir, self.degradation = config, Path(workdir), degradation
         self.image_shape = tuple(image_shape)
         self._cache: dict[str, object] = {}
@@ -187,12 +198,25 @@ class Restorers:
         if method in ("ir", "ir_alt"):
             ir_fn = self._loaded(method)[1]
             return Restorer(lambda y, keys, key: ir_fn(y), 1, batch, self.config.seed)
-        denoise, denoiser_params, diffusion, ns = self._loaded("denoiser")
 
-        def run(model, x0_start, key):
-            return dpir.restore(model, x0_start, key, ns, diffusion, sampler=sampler, steps=steps, tau=tau,
-                                order=s.order)
+        def run(model, x_start, key, schedule):
+            return dpir.restore(model, x_start, key, schedule, sampler=sampler, steps=steps, tau=tau, order=s.order)
 
+        if method == "conditional":
+            cond_fn = self._loaded("conditional")[1]
+            ns = conditional_schedule(self.config)
+
+            def fn(y, keys, key):  # starts from lift(y) where tau < 1
+                y_lifted = lift(y, (y.shape[0], *self.image_shape))
+
+                def model(x_t, t_input):
+                    return cond_fn(y_lifted, x_t, x_t, jnp.broadcast_to(t_input, (x_t.shape[0],)))
+
+                return run(model, y_lifted, key, ns)
+
+            return Restorer(fn, steps, batch, self.config.seed)
+        denoiser = self._loaded("denoiser")
+        denoise, denoiser_params = denoiser.x0_predictor(), denoiser.params
         if method in ("dpir", "dpir_ir_alt"):
             ir_fn = self._loaded("ir" if method == "dpir" else "ir_alt")[1]
             fusion_params, fusion_fn = self._loaded("fusion")
@@ -200,28 +224,15 @@ class Restorers:
 
             def fn(y, keys, key):
                 x0_ir = ir_fn(y)
-                return run(dpir.fused_model(predict, fusion_params, denoiser_params, x0_ir), x0_ir, key)
+                model = dpir.fused_model(predict, fusion_params, denoiser_params, x0_ir)
+                return run(model, x0_ir, key, denoiser.schedule)
 
             return Restorer(fn, steps + 1, batch, self.config.seed)  # + 1: the IR network
-        if method == "ddnm":
-            def fn(y, keys, key):  # starts from A^+ y where tau < 1
-                cg = dict(iters=self.config.ddnm.iters, damping=self.config.ddnm.damping)
-                x_init = pseudo_inverse(degradation, y, keys, (y.shape[0], *self.image_shape), **cg)
-                return run(ddnm_model(denoise, denoiser_params, degradation, y, keys, **cg), x_init, key)
 
-            return Restorer(fn, steps, batch, self.config.seed)
-        cond_params, cond_fn = self._loaded("conditional")
-        ns = conditional_schedule(self.config)
-
-        def fn(y, keys, key):  # starts from lift(y) where tau < 1
-            y_lifted = lift(y, (y.shape[0], *self.image_shape))
-
-            def model(x_t, t_input):
-                return cond_fn(y_lifted, x_t, x_t, jnp.broadcast_to(t_input, (x_t.shape[0],)))
-
-            return dpir.restore(model, y_lifted, key, ns, diffusion, sampler=sampler, steps=steps, tau=tau,
-                                order=s.order)
+        def fn(y, keys, key):  # DDNM, from A^+ y where tau < 1
+            cg = dict(iters=self.config.ddnm.iters, damping=self.config.ddnm.damping)
+            x_init = pseudo_inverse(degradation, y, keys, (y.shape[0], *self.image_shape), **cg)
+            return run(ddnm_model(denoise, denoiser_params, degradation, y, keys, **cg), x_init, key,
+                       denoiser.schedule)
 
         return Restorer(fn, steps, batch, self.config.seed)
-
-

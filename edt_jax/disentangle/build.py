@@ -1,8 +1,19 @@
-"""What ``launch.disentangle`` builds from a config: the method (DisDiff or the beta-VAE), its task and encoder."""
+"""A disentanglement method from a config (``configs/shapes_disdiff.py``, ``configs/shapes_betavae.py``): DisDiff
+on a frozen DPM or the beta-VAE, its training and its trained parameters.
+
+    from edt_jax.disentangle import build
+    method = build.build_method(config, dpm_workdir)        # DisDiff on the frozen DPM of a launch.train run
+    build.train_method(config, workdir, method)             # the library's trainer (resumable)
+    params, step = build.load_method_params(workdir, method)
+    codes = method.encode(params, images)                   # (B, K)
+
+``tasks`` runs them (train, evaluate, swap); ``launch.disentangle`` is its flags.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,14 +24,17 @@ import ml_collections
 import numpy as np
 
 from edt_jax import data as data_lib
-from edt_jax import disentangle
 from edt_jax.checks import check_choice
 from edt_jax.disentangle.baselines import beta_vae_loss
+from edt_jax.disentangle.disdiff import DisDiff
+from edt_jax.disentangle.networks import BetaVAE, Encoder, SubGradientDecoder
+from edt_jax.runs import Run, load_run
+from edt_jax.runs.build import build_mesh, build_optimizer
 from edt_jax.training import sharding
-from edt_jax.training.loop import LoopOptions, train
+from edt_jax.training.checkpoint import CONFIG_FILENAME
+from edt_jax.training.loop import LoopOptions, TrainResult, train
 from edt_jax.training.task import Task
-from edt_jax.training.train_state import load_state
-from launch import builders
+from edt_jax.training.train_state import load_params
 
 METHODS = ("DisDiff", "BetaVAE")
 
@@ -28,7 +42,8 @@ METHODS = ("DisDiff", "BetaVAE")
 @dataclasses.dataclass
 class Method:
     """A representation learner: ``init_params(key)``, the trainer's ``loss_fn``, its ``frozen`` arrays and
-    ``encode(params, x) -> (B, K)`` codes; ``num_chunks`` is N for DisDiff's chunked codes (None for the VAE)."""
+    ``encode(params, x) -> (B, K)`` codes; ``num_chunks`` is N for DisDiff's chunked codes (None for the VAE).
+    ``dpm`` is DisDiff's frozen DPM (a ``Run``) when one was loaded."""
 
     name: str
     init_params: Callable[[jax.Array], Any]
@@ -36,11 +51,12 @@ class Method:
     encode: Callable[[Any, jax.Array], jax.Array]
     num_chunks: int | None
     frozen: Any = None
-    disdiff: disentangle.DisDiff | None = None
-    dpm: Any = None
+    disdiff: DisDiff | None = None
+    dpm: Run | None = None
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+    """(H, W, C) of the config's images."""
     return (config.data.image_size, config.data.image_size, config.data.channels)
 
 
@@ -57,12 +73,29 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.latent_dim={m.latent_dim!r}: the beta-VAE needs at least 1 latent")
 
 
-def dpm_dir(config: ml_collections.ConfigDict, flag: str | None) -> Path:
-    """The frozen DPM's workdir: ``--dpm_workdir``, else ``config.dpm_workdir``."""
-    path = flag or config.get("dpm_workdir", "")
+def dpm_dir(config: ml_collections.ConfigDict, given: str | None) -> Path:
+    """The frozen DPM's workdir: ``given`` (``--dpm_workdir``), else ``config.dpm_workdir``."""
+    path = given or config.get("dpm_workdir", "")
     if not path:
         raise ValueError("DisDiff needs the frozen DPM: give --dpm_workdir (a launch.train run on the same images)")
     return Path(path).expanduser()
+
+
+def trained_dpm_workdir(workdir) -> str:
+    """The DPM a DisDiff run was trained on, from its saved config ('' when unknown)."""
+    path = Path(workdir) / CONFIG_FILENAME
+    return json.loads(path.read_text()).get("dpm_workdir", "") if path.is_file() else ""
+
+
+def load_dpm(workdir, shape: tuple[int, int, int]) -> Run:
+    """The frozen DPM: the ``launch.train`` run in ``workdir``, trained on ``shape`` (H, W, C) images (one-line
+    errors otherwise)."""
+    workdir = Path(workdir).expanduser()
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"the DPM workdir {workdir} does not exist; give a launch.train run directory")
+    run = load_run(workdir)
+    run.check_image_shape(shape, role="DPM", user="this config disentangles")
+    return run
 
 
 def build_method(config: ml_collections.ConfigDict, dpm_workdir: Path | None = None) -> Method:
@@ -71,23 +104,20 @@ def build_method(config: ml_collections.ConfigDict, dpm_workdir: Path | None = N
     _check_model(m)
     shape = image_shape(config)
     if m.name == "BetaVAE":
-        vae = disentangle.BetaVAE(m.latent_dim, shape, tuple(m.encoder_widths))
+        vae = BetaVAE(m.latent_dim, shape, tuple(m.encoder_widths))
         example = jnp.zeros((1, *shape), jnp.float32)
         noise = jnp.zeros((1, m.latent_dim), jnp.float32)
         return Method("BetaVAE", lambda key: vae.init(key, example, noise)["params"], beta_vae_loss(vae, m.beta),
                       lambda params, x: vae.apply({"params": params}, x, method="encode")[0], None)
 
-    encoder = disentangle.Encoder(m.num_factors, m.code_dim, tuple(m.encoder_widths))
-    decoder = disentangle.SubGradientDecoder(m.num_factors, tuple(m.decoder_widths), m.embed_dim, m.patch_size)
+    encoder = Encoder(m.num_factors, m.code_dim, tuple(m.encoder_widths))
+    decoder = SubGradientDecoder(m.num_factors, tuple(m.decoder_widths), m.embed_dim, m.patch_size)
     dpm = eps_fn = None
     alphas_cumprod = np.zeros((0,))  # no DPM: only the encoder is used (evaluation)
     if dpm_workdir is not None:
-        from launch.sample import load_frozen_dpm
-
-        dpm = load_frozen_dpm(dpm_workdir, shape, role="DPM", user="this config disentangles")
-        eps_fn = disentangle.noise_predictor(dpm.network, dpm.ns, dpm.model_type, dpm.learn_sigma)
-        alphas_cumprod = dpm.diffusion.alphas_cumprod
-    model = disentangle.DisDiff(encoder, decoder, eps_fn, np.asarray(alphas_cumprod), m.dis_weight)
+        dpm = load_dpm(dpm_workdir, shape)
+        eps_fn, alphas_cumprod = dpm.noise_predictor(), dpm.schedule.alphas_cumprod
+    model = DisDiff(encoder, decoder, eps_fn, np.asarray(alphas_cumprod), m.dis_weight)
 
     def encode(params, x):
         return model.encode(params, x).reshape(x.shape[0], -1)
@@ -96,11 +126,11 @@ def build_method(config: ml_collections.ConfigDict, dpm_workdir: Path | None = N
                   frozen=None if dpm is None else dpm.params, disdiff=model, dpm=dpm)
 
 
-def train_method(config: ml_collections.ConfigDict, workdir: Path, method: Method):
+def train_method(config: ml_collections.ConfigDict, workdir, method: Method) -> TrainResult:
     """Train ``method`` with the library's trainer into ``workdir`` (resumable, kill -9 safe)."""
     if method.name == "DisDiff" and method.dpm is None:
         raise ValueError("DisDiff trains on a frozen DPM: give --dpm_workdir")
-    mesh = builders.build_mesh(config)
+    mesh = build_mesh(config)
     host_batch = data_lib.host_batch_size(config.batch_size, mesh=mesh)
     source = data_lib.create_source(config.data.source)
     dataset = data_lib.create_dataset(source, host_batch, seed=config.seed, label_key=None,
@@ -111,13 +141,12 @@ def train_method(config: ml_collections.ConfigDict, workdir: Path, method: Metho
     options = LoopOptions(total_steps=config.total_steps, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps,
                           keep_checkpoints=config.keep_checkpoints, seed=config.seed)
-    return train(task, builders.build_optimizer(config), dataset, mesh, workdir, options, config=config.to_dict())
+    return train(task, build_optimizer(config), dataset, mesh, Path(workdir), options, config=config.to_dict())
 
 
-def load_params(config: ml_collections.ConfigDict, workdir: Path, method: Method) -> tuple[Any, int]:
-    """(EMA params, step) of the newest readable checkpoint of a trained run."""
-    directory = workdir / "checkpoints"
+def load_method_params(workdir, method: Method) -> tuple[Any, int]:
+    """(EMA params, step) of the newest checkpoint of a trained run of ``method`` in ``workdir``."""
+    directory = Path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no trained {method.name} in {workdir}; run --mode train first")
-    state, step = load_state(directory, method.init_params, builders.build_optimizer(config), sharding.create_mesh())
-    return state.ema_params, step
+    return load_params(directory, method.init_params, sharding.create_mesh())
