@@ -1,4 +1,4 @@
-"""Shared access to ``samplers_reference.npz`` (see ``shared_fixtures``) for the sampler tests."""
+"""Access to ``tests/fixtures/samplers_reference.npz`` (see ``reference_fixtures``) for the sampler tests."""
 
 from __future__ import annotations
 
@@ -7,28 +7,29 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from shared_fixtures import FIXTURES, load_npz
+from reference_fixtures import fixture_path, load_npz
 
 from edt_jax.diffusion import GaussianMixture, NoiseScheduleVP
 
-SAMPLERS_NPZ = FIXTURES / "samplers_reference.npz"
+SAMPLERS_NPZ = "samplers_reference.npz"
 
 
 def load_sampler_fixture() -> dict:
-    """All arrays of the fixture; skips the calling test when the file is absent."""
-    return load_npz(SAMPLERS_NPZ.name)
+    """All arrays of the fixture; raises when the file is absent."""
+    return load_npz(SAMPLERS_NPZ)
 
 
 def fixture_cases() -> list[dict]:
-    """The case descriptions (for parametrisation); empty when the fixture is absent."""
-    if not SAMPLERS_NPZ.is_file():
-        return []
-    with np.load(SAMPLERS_NPZ, allow_pickle=False) as data:
-        return json.loads(str(data["cases_json"]))
+    """The case descriptions (for parametrisation); raises when the fixture is absent."""
+    with np.load(fixture_path(SAMPLERS_NPZ), allow_pickle=False) as data:
+        cases = json.loads(str(data["cases_json"]))
+    if not cases:
+        raise ValueError(f"{SAMPLERS_NPZ} lists no cases")
+    return cases
 
 
-def case_ids(case: dict | None) -> str:
-    return "no_fixture" if case is None else case["name"]
+def case_ids(case: dict) -> str:
+    return case["name"]
 
 
 def schedule_from_spec(spec: dict) -> NoiseScheduleVP:
@@ -47,10 +48,19 @@ def gmm_from_fixture(data: dict) -> GaussianMixture:
     return GaussianMixture(data["gmm_means"], data["gmm_stds"], data["gmm_weights"])
 
 
+# The fixtures name what the network predicts as the reference code does (``model_type``); the library's names:
+PREDICTION_OF_MODEL_TYPE = {"noise": "eps", "x_start": "x0", "v": "v", "score": "score"}
+
+
+def prediction_of(case: dict) -> str:
+    """The library's ``prediction`` for a fixture case's ``model_type``."""
+    return PREDICTION_OF_MODEL_TYPE[case["model_type"]]
+
+
 def numpy_eps_model(gmm: GaussianMixture, ns: NoiseScheduleVP, model_type: str, guidance: dict | None,
                     cond: np.ndarray):
     """The fixture's analytic network as a float64 NumPy noise predictor ``eps(x, t_vec)`` (for the loop twin)."""
-    net = gmm.model(ns, model_type)
+    net = gmm.model(ns, PREDICTION_OF_MODEL_TYPE[model_type])
 
     def raw_eps(x: np.ndarray, t_vec: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         with jax.enable_x64(True):

@@ -5,7 +5,7 @@ These follow ``uni_pc.py`` (wl-zhao/UniPC) and ``dpm_solver_pytorch.py`` (LuChen
 the update functions written as in the papers / reference code (no pre-folded coefficients), one
 Python iteration per step. They are the slow, obviously-correct baseline that the ``lax.scan``
 samplers in ``edt_jax.samplers`` are checked against, and are themselves checked against the
-official fixture ``../shared/fixtures/samplers_reference.npz``.
+official fixture ``tests/fixtures/samplers_reference.npz``.
 
 ``model_fn(x, t_vec)`` is a NumPy callable returning the noise prediction eps for x of shape
 (B, ...) at continuous times t_vec of shape (B,).
@@ -220,7 +220,7 @@ def _multistep_loop(w: _Wrapped, x: np.ndarray, timesteps: np.ndarray, order: in
 
 
 def unipc_loop(model_fn: ModelFn, x: np.ndarray, ns: NoiseScheduleVP, steps: int, order: int = 2,
-               variant: str = "bh1", prediction: str = "data", skip_type: str = "time_uniform",
+               variant: str = "bh1", solver_space: str = "data", skip_type: str = "time_uniform",
                t_start: float | None = None, t_end: float | None = None, lower_order_final: bool = True,
                denoise_to_zero: bool = False, thresholding: tuple[float, float] | None = None) -> np.ndarray:
     """Official ``UniPC.sample(method='multistep')`` with the B(h) variants, as a plain loop in float64.
@@ -232,16 +232,16 @@ def unipc_loop(model_fn: ModelFn, x: np.ndarray, ns: NoiseScheduleVP, steps: int
       steps: number of steps (= model evaluations, +1 with denoise_to_zero).
       order: UniPC order p (predictor UniP-p, corrector UniC-p).
       variant: "bh1" (B(h) = hh) or "bh2" (B(h) = expm1(hh)).
-      prediction: "data" (official ``data_prediction``) or "noise" (``noise_prediction``).
+      solver_space: "data" (official ``data_prediction``) or "noise" (``noise_prediction``).
       thresholding: optional (ratio, max_val) of dynamic thresholding on the data prediction.
     """
     if variant not in UNIPC_VARIANTS:
         raise ValueError(f"unknown UniPC variant {variant!r}")
-    if prediction not in ("data", "noise"):
-        raise ValueError(f"prediction must be 'data' or 'noise', got {prediction!r}")
+    if solver_space not in ("data", "noise"):
+        raise ValueError(f"solver_space must be 'data' or 'noise', got {solver_space!r}")
     if steps < order:
         raise ValueError(f"multistep UniPC needs steps >= order, got steps={steps}, order={order}")
-    w = _Wrapped(model_fn, ns, prediction == "data", thresholding)
+    w = _Wrapped(model_fn, ns, solver_space == "data", thresholding)
     t_0 = ns.t_end_default if t_end is None else float(t_end)
     timesteps = ns.time_grid(skip_type, steps, t_start, t_end)
     x = np.asarray(x, dtype=np.float64)

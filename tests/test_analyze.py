@@ -11,7 +11,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from shared_fixtures import load_npz
+from reference_fixtures import load_npz
 
 from configs import shapes_edt_tiny
 
@@ -104,18 +104,18 @@ class _LabelledDataModel:
 
 def test_generator_guidance_windows_trajectories_and_label_switch():
     from edt_jax import samplers
+    from edt_jax.runs.build import build_schedule
+    from edt_jax.runs.generate import make_generator
     from edt_jax.training.sharding import create_mesh
-    from launch import sample
-    from launch.builders import build_diffusion
 
     model, mesh = _LabelledDataModel(), create_mesh()
-    diffusion = build_diffusion(shapes_edt_tiny.get_config("test"))
+    schedule = build_schedule(shapes_edt_tiny.get_config("test"))
     labels = np.arange(8) % 3  # the test session has 8 CPU devices
     common = dict(sampler="unipc", steps=4, order=2, amm=True, mesh=mesh, prediction="x0")
     full = samplers.guidance_schedule(3.0, 4, 1.0)
-    generate = sample.make_generator(model, diffusion, guidance_scale=full, **common)
-    scalar = sample.make_generator(model, diffusion, guidance_scale=3.0, **common)
-    plain = sample.make_generator(model, diffusion, guidance_scale=1.0, **common)
+    generate = make_generator(model, schedule, guidance_scale=full, **common)
+    scalar = make_generator(model, schedule, guidance_scale=3.0, **common)
+    plain = make_generator(model, schedule, guidance_scale=1.0, **common)
     np.testing.assert_allclose(generate({}, labels, 1), scalar({}, labels, 1), atol=1e-5)
     # Other schedules of the same length are arguments of the same compiled sampler.
     unguided = generate({}, labels, 1, guidance_scale=samplers.guidance_schedule(3.0, 4, 0.0))
@@ -125,7 +125,7 @@ def test_generator_guidance_windows_trajectories_and_label_switch():
     with pytest.raises(ValueError, match=r"guidance_scale override of shape \(3,\) needs a generator made with"):
         generate({}, labels, 1, guidance_scale=[1.0] * 3)
 
-    final, traj = sample.make_generator(model, diffusion, guidance_scale=1.0, return_trajectory=True, **common)(
+    final, traj = make_generator(model, schedule, guidance_scale=1.0, return_trajectory=True, **common)(
         {}, labels, 2)
     assert isinstance(final, np.ndarray) and traj.denoised.shape == (4, 8, 4, 4, 3)
     np.testing.assert_allclose(final, plain({}, labels, 2), atol=1e-5)
@@ -133,10 +133,10 @@ def test_generator_guidance_windows_trajectories_and_label_switch():
     # Label A on the first 2 of 4 calls, then B; switched before the first call, B throughout.
     pairs = np.stack([labels, (labels + 1) % 3], -1)
     for calls in (0, 2):
-        switched = sample.make_generator(model, diffusion, guidance_scale=1.0, label_switch_calls=calls,
+        switched = make_generator(model, schedule, guidance_scale=1.0, label_switch_calls=calls,
                                          return_trajectory=True, **common)
         _, traj = switched({}, pairs, 3)
         x0_label = np.round(10 * (traj.denoised - 0.01 * traj.x)[:, :, 0, 0, 0]).astype(int)  # (calls, samples)
         np.testing.assert_array_equal(x0_label, [pairs[:, 0]] * calls + [pairs[:, 1]] * (4 - calls))
-    with pytest.raises(ValueError, match="the ddpm sampler takes no per-call guidance"):
-        sample.make_generator(model, diffusion, **dict(common, sampler="ddpm"), guidance_scale=full)
+    with pytest.raises(ValueError, match="a label switch needs an ODE sampler"):
+        make_generator(model, schedule, **dict(common, sampler="ddpm"), guidance_scale=1.0, label_switch_calls=2)

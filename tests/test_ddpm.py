@@ -134,7 +134,7 @@ def _toy(x, t, xp, learned):
     return xp.concatenate([eps, 0.9 * xp.sin(1.3 * x + t / 300.0)], axis=-1)
 
 
-def _adm_reference(x_T, key, betas, steps, variance, model_type, clip):
+def _adm_reference(x_T, key, betas, steps, variance, prediction, clip):
     """ADM's p_sample_loop over a SpacedDiffusion, in plain float64 NumPy."""
     keep = sorted(space_timesteps(len(betas), str(steps)))
     acp = np.cumprod(1 - np.asarray(betas, np.float64))[keep]
@@ -149,9 +149,9 @@ def _adm_reference(x_T, key, betas, steps, variance, model_type, clip):
     for i in reversed(range(steps)):
         out = _toy(x, np.full(x.shape[0], float(keep[i])), np, variance == "learned_range")
         pred = out[..., :c]
-        if model_type == "noise":
+        if prediction == "eps":
             x0 = np.sqrt(1 / acp[i]) * x - np.sqrt(1 / acp[i] - 1) * pred
-        elif model_type == "v":
+        elif prediction == "v":
             x0 = np.sqrt(acp[i]) * x - np.sqrt(1 - acp[i]) * pred
         else:
             x0 = pred
@@ -170,22 +170,22 @@ def _adm_reference(x_T, key, betas, steps, variance, model_type, clip):
     return x
 
 
-CASES = [("learned_range", "noise", False), ("fixed_small", "noise", False), ("fixed_large", "noise", False),
-         ("learned_range", "v", True), ("fixed_small", "x_start", True)]
+CASES = [("learned_range", "eps", False), ("fixed_small", "eps", False), ("fixed_large", "eps", False),
+         ("learned_range", "v", True), ("fixed_small", "x0", True)]
 
 
-@pytest.mark.parametrize("variance,model_type,clip", CASES)
-def test_sampler_matches_numpy_loop_x64(variance, model_type, clip):
+@pytest.mark.parametrize("variance,prediction,clip", CASES)
+def test_sampler_matches_numpy_loop_x64(variance, prediction, clip):
     betas = beta_schedule("linear", 100)
     d = DiscreteDiffusion.from_betas(betas)
     key = jax.random.key(3)
     learned = variance == "learned_range"
     with jax.enable_x64(True):
         x_T = jax.random.normal(jax.random.key(1), (2, 3, 3, 2), dtype=jnp.float64)
-        out = ddpm(lambda x, t: _toy(x, t, jnp, learned), x_T, key, d, steps=20, variance=variance,
-                   model_type=model_type, clip_denoised=clip)
+        out = ddpm(lambda x, t: _toy(x, t, jnp, learned), x_T, d, key=key, steps=20, variance=variance,
+                   prediction=prediction, clip_denoised=clip)
         assert out.dtype == jnp.float64
-        ref = _adm_reference(np.asarray(x_T), key, betas, 20, variance, model_type, clip)
+        ref = _adm_reference(np.asarray(x_T), key, betas, 20, variance, prediction, clip)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-10, atol=1e-10)
 
 
@@ -199,17 +199,17 @@ def test_sampler_matches_numpy_loop_float32_under_jit(variance):
 
     @jax.jit
     def run(x_T, key):
-        return ddpm(lambda x, t: _toy(x, t, jnp, learned), x_T, key, d, steps=25, variance=variance)
+        return ddpm(lambda x, t: _toy(x, t, jnp, learned), x_T, d, key=key, steps=25, variance=variance)
 
     out = run(x_T, key)
     assert out.dtype == jnp.float32 and out.shape == x_T.shape
-    ref = _adm_reference(np.asarray(x_T), key, betas, 25, variance, "noise", False)
+    ref = _adm_reference(np.asarray(x_T), key, betas, 25, variance, "eps", False)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-3, atol=1e-3)
 
 
 def test_bfloat16_input_keeps_float32_state(linear1000):
     x_T = jnp.ones((2, 2, 2, 1), jnp.bfloat16)
-    out = ddpm(lambda x, t: (x * 0.1).astype(jnp.bfloat16), x_T, jax.random.key(0), linear1000, steps=3,
+    out = ddpm(lambda x, t: (x * 0.1).astype(jnp.bfloat16), x_T, linear1000, key=jax.random.key(0), steps=3,
                variance="fixed_small")
     assert out.dtype == jnp.float32
 
@@ -227,7 +227,7 @@ def test_gaussian_data_statistics(linear1000):
         return (x - a * post_mean) / jnp.sqrt(1 - acp)
 
     x_T = jax.random.normal(jax.random.key(0), (n, dim))
-    samples = np.asarray(jax.jit(lambda x, k: ddpm(exact_eps, x, k, d, steps=250, variance="fixed_small"))(
+    samples = np.asarray(jax.jit(lambda x, k: ddpm(exact_eps, x, d, key=k, steps=250, variance="fixed_small"))(
         x_T, jax.random.key(1)))
     count = samples.size
 
@@ -257,7 +257,7 @@ def test_model_call_count_under_jit(linear1000):
 
     for steps in (1, 7):
         calls.clear()
-        run = jax.jit(lambda x, k, steps=steps: ddpm(model, x, k, linear1000, steps=steps))
+        run = jax.jit(lambda x, k, steps=steps: ddpm(model, x, linear1000, key=k, steps=steps))
         out = run(jnp.zeros((2, 2, 2, 1)), jax.random.key(0))
         out.block_until_ready()
         jax.effects_barrier()
@@ -269,18 +269,18 @@ def test_model_call_count_under_jit(linear1000):
     ({"steps": 1001}, "steps=1001"),
     ({"steps": 2.5}, "2.5"),
     ({"variance": "learned"}, "'learned'"),
-    ({"model_type": "eps"}, "'eps'"),
+    ({"prediction": "noise_pred"}, "unknown prediction 'noise_pred'"),
 ])
 def test_bad_inputs_raise(linear1000, kwargs, match):
     def model(x, t):
         return x
     with pytest.raises(ValueError, match=match):
-        ddpm(model, jnp.zeros((1, 2, 2, 1)), jax.random.key(0), linear1000, **kwargs)
+        ddpm(model, jnp.zeros((1, 2, 2, 1)), linear1000, key=jax.random.key(0), **kwargs)
 
 
 def test_respaced_diffusion_and_bad_output_rejected(linear1000):
     spaced = linear1000.respace(space_timesteps(1000, "50"))
     with pytest.raises(ValueError, match="already respaced"):
-        ddpm(lambda x, t: x, jnp.zeros((1, 2, 2, 1)), jax.random.key(0), spaced, steps=10)
+        ddpm(lambda x, t: x, jnp.zeros((1, 2, 2, 1)), spaced, key=jax.random.key(0), steps=10)
     with pytest.raises(ValueError, match=r"\(1, 2, 2, 2\)"):
-        ddpm(lambda x, t: x, jnp.zeros((1, 2, 2, 1)), jax.random.key(0), linear1000, steps=10)
+        ddpm(lambda x, t: x, jnp.zeros((1, 2, 2, 1)), linear1000, key=jax.random.key(0), steps=10)

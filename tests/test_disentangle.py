@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from shared_fixtures import load_npz
+from reference_fixtures import load_npz
 
-from edt_jax import disentangle
+from edt_jax import disentangle, samplers
 from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.disentangle.baselines import beta_vae_loss
 from edt_jax.disentangle.losses import distance_logits
@@ -17,7 +17,7 @@ from edt_jax.disentangle.losses import distance_logits
 
 @pytest.fixture(scope="module")
 def ref() -> dict:
-    data = load_npz("disentanglement_reference.npz")  # skips when shared/fixtures is absent
+    data = load_npz("disentanglement_reference.npz")
     return {k[len("disdiff/"):]: v for k, v in data.items() if k.startswith("disdiff/")}
 
 
@@ -192,15 +192,12 @@ def test_noise_model_swaps_and_samplers(model_and_params):
     np.testing.assert_array_equal(swapped[0, 1], codes[1, 1])
     with pytest.raises(ValueError, match=r"factor=3 is not a factor index; the codes have N=3 factors"):
         disentangle.swap_codes(codes, codes, 3)
-    from edt_jax.diffusion import DiscreteDiffusion
-
-    diffusion = DiscreteDiffusion.from_betas(BETAS)
     for sampler in ("ddim", "ddpm"):  # unipc / dpm_solver share ddim's model_wrapper path
-        out = jax.jit(lambda x_T, s=sampler: disentangle.sample(eps_model, x_T, jax.random.key(0), ns, diffusion,
-                                                                sampler=s, steps=3))(x)
+        out = jax.jit(lambda x_T, s=sampler: samplers.sample(s, eps_model, x_T, ns, steps=3,
+                                                             key=jax.random.key(0)))(x)
         assert out.shape == x.shape and np.isfinite(np.asarray(out)).all()
     with pytest.raises(ValueError, match="sampler"):
-        disentangle.sample(eps_model, x, jax.random.key(0), ns, diffusion, sampler="euler")
+        samplers.sample("euler", eps_model, x, ns, steps=3)
 
 
 def test_ddim_inversion_round_trip():
@@ -213,7 +210,7 @@ def test_ddim_inversion_round_trip():
         return (x - ns.marginal_alpha(t) * target) / ns.marginal_std(t)
 
     x_T = disentangle.ddim_invert(model, target, ns, steps=10)
-    back = disentangle.sample(model, x_T, jax.random.key(0), ns, None, sampler="ddim", steps=10)
+    back = samplers.sample("ddim", model, x_T, ns, steps=10)
     np.testing.assert_allclose(back, target, atol=1e-3)
 
 

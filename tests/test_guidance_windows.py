@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fixture_cases import schedule_from_spec
-from shared_fixtures import FIXTURES, load_npz
+from fixture_cases import prediction_of, schedule_from_spec
+from reference_fixtures import fixture_path, load_npz
 
 from edt_jax import samplers
 from edt_jax.diffusion import GaussianMixture, NoiseScheduleVP
@@ -19,30 +19,30 @@ REFERENCE = "guidance_windows_reference.npz"
 
 
 def _reference_cases() -> list[dict]:
-    path = FIXTURES / REFERENCE
-    if not path.is_file():
-        return []
-    with np.load(path, allow_pickle=False) as data:
-        return json.loads(str(data["cases_json"]))
+    with np.load(fixture_path(REFERENCE), allow_pickle=False) as data:
+        cases = json.loads(str(data["cases_json"]))
+    if not cases:
+        raise ValueError(f"{REFERENCE} lists no cases")
+    return cases
 
 
 def _sample(case: dict, data: dict, scales, x_T: jax.Array) -> jax.Array:
     ns = schedule_from_spec(case["schedule"])
     gmm = GaussianMixture(data["gmm_means"], data["gmm_stds"], data["gmm_weights"])
     num_components = data["gmm_weights"].shape[0]
-    model_fn = samplers.model_wrapper(gmm.model(ns, case["model_type"]), ns, model_type=case["model_type"],
+    model_fn = samplers.model_wrapper(gmm.model(ns, prediction_of(case)), ns, prediction=prediction_of(case),
                                       guidance_type="classifier-free", condition=jnp.asarray(data["cond"]),
                                       unconditional_condition=jnp.full(data["cond"].shape, num_components),
                                       guidance_scale=scales)
     common = dict(steps=case["steps"], order=case["order"], skip_type=case["skip_type"], t_start=case.get("t_start"),
                   t_end=case.get("t_end"), denoise_to_zero=case.get("denoise_to_zero", False))
     if case["sampler"] == "unipc":
-        return jax.jit(lambda x: samplers.unipc(model_fn, x, ns, variant=case["variant"], prediction="data",
+        return jax.jit(lambda x: samplers.unipc(model_fn, x, ns, variant=case["variant"], solver_space="data",
                                                 **common))(x_T)
     return jax.jit(lambda x: samplers.dpm_solver(model_fn, x, ns, algorithm=case["algorithm_type"], **common))(x_T)
 
 
-@pytest.mark.parametrize("case", _reference_cases() or [None], ids=lambda c: "no_fixture" if c is None else c["name"])
+@pytest.mark.parametrize("case", _reference_cases(), ids=lambda c: c["name"])
 def test_per_call_scales_match_the_official_samplers(case):
     data = load_npz(REFERENCE)
     name = case["name"]
@@ -54,7 +54,7 @@ def test_per_call_scales_match_the_official_samplers(case):
     assert err <= 1e-6, f"{name}: max abs error {err:.3e}"
 
 
-@pytest.mark.parametrize("case", _reference_cases() or [None], ids=lambda c: "no_fixture" if c is None else c["name"])
+@pytest.mark.parametrize("case", _reference_cases(), ids=lambda c: c["name"])
 def test_call_times_and_schedules_rebuild_the_reference_arrays(case):
     data = load_npz(REFERENCE)
     name, rule = case["name"], case["guidance"]

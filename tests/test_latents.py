@@ -18,8 +18,8 @@ from edt_jax import data as data_lib
 from edt_jax.data.latent_cache import ChunkStore
 from edt_jax.models.vae import create_vae, vae_params_from_torch
 from edt_jax.models.vae_convert import diffusers_name
-from launch import extract_latents
-from launch.train import run
+from edt_jax.runs import build, train
+from edt_jax.runs.latents import extract
 
 REPO = Path(__file__).resolve().parents[1]
 VAE = dict(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, latent_channels=4)
@@ -55,7 +55,7 @@ def extracted(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("latents")
     write_random_vae(tmp / "vae.npz")
     config = latent_config(tmp)
-    name = extract_latents.extract(config, None, str(tmp / "tfds"), chunk_size=16, num_examples=NUM, batch_size=8)
+    name = extract(config, None, str(tmp / "tfds"), chunk_size=16, num_examples=NUM, batch_size=8)
     return tmp, config, name
 
 
@@ -64,7 +64,7 @@ def test_extracted_latents_are_the_scaled_posterior_samples_of_flipped_images(ex
     records = data_lib.create_source(f"tfds:{name}", data_dir=str(tmp / "tfds"))
     assert len(records) == NUM
     vae = create_vae(**VAE)
-    params = extract_latents.builders.build_vae(config)[1]
+    params = build.build_vae(config)[1]
     shapes = data_lib.create_source("shapes")
     for i in (0, 5, 17):
         image = shapes[i]["image"].astype(np.float32) / 127.5 - 1
@@ -83,14 +83,14 @@ def test_interrupted_extraction_resumes_the_missing_chunks_only(extracted, tmp_p
     config = latent_config(tmp, name="resumed_latents")
     config.data.data_dir = str(tmp_path)
     kwargs = dict(chunk_size=16, num_examples=NUM, batch_size=8)
-    extract_latents.extract(config, None, str(tmp_path), **kwargs)
+    extract(config, None, str(tmp_path), **kwargs)
     chunks = sorted((tmp_path / "resumed_latents_chunks" / "chunks").glob("*.npz"))
     assert [c.name for c in chunks] == ["000000.npz", "000001.npz", "000002.npz"]
     before = {c.name: (c.stat().st_mtime_ns, np.load(c)["latent"]) for c in chunks}
     # As if killed while writing chunk 1: its file is missing and a partial temporary file is left.
     os.remove(chunks[1])
     (chunks[1].parent / "000001.tmp.npz").write_bytes(b"partial")
-    extract_latents.extract(config, None, str(tmp_path), **kwargs)
+    extract(config, None, str(tmp_path), **kwargs)
     after = sorted((tmp_path / "resumed_latents_chunks" / "chunks").glob("*.npz"))
     assert [c.name for c in after] == ["000000.npz", "000001.npz", "000002.npz"]  # the partial file was replaced
     for c in after:
@@ -108,7 +108,7 @@ def test_a_cache_made_with_other_settings_is_refused(tmp_path):
 def test_stored_posteriors_give_a_fresh_latent_each_epoch(extracted, tmp_path):
     tmp, config, _ = extracted
     config = latent_config(tmp, name="posterior_latents")
-    extract_latents.extract(config, None, str(tmp_path), store="mean_std", chunk_size=16, num_examples=16,
+    extract(config, None, str(tmp_path), store="mean_std", chunk_size=16, num_examples=16,
                             batch_size=8)
     source = data_lib.create_source("tfds:posterior_latents", data_dir=str(tmp_path))
     assert set(source[0]) == {"latent_mean", "latent_std", "label"}
@@ -120,7 +120,7 @@ def test_stored_posteriors_give_a_fresh_latent_each_epoch(extracted, tmp_path):
 
 def test_train_on_latents_then_sample_decodes_with_the_vae(extracted, tmp_path):
     tmp, config, _ = extracted
-    result = run(config, str(tmp_path))
+    result = train(config, str(tmp_path))
     assert result.step == 4
     env = {**os.environ, "JAX_NUM_CPU_DEVICES": "2", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-m", "launch.sample", f"--workdir={tmp_path}", "--num_samples=4",

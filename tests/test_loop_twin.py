@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fixture_cases import (
-    SAMPLERS_NPZ,
     case_ids,
     fixture_cases,
     gmm_from_fixture,
@@ -36,16 +35,14 @@ def _run_case(case: dict, data: dict, model_fn) -> np.ndarray:
               "denoise_to_zero": case.get("denoise_to_zero", False), "thresholding": thresholding}
     if case["sampler"] == "unipc":
         prediction = {"data_prediction": "data", "noise_prediction": "noise"}[case["algorithm_type"]]
-        return unipc_loop(model_fn, data["x_T"], ns, variant=case["variant"], prediction=prediction, **common)
+        return unipc_loop(model_fn, data["x_T"], ns, variant=case["variant"], solver_space=prediction, **common)
     if case["sampler"] == "dpm_solver":
         return dpm_solver_loop(model_fn, data["x_T"], ns, algorithm=case["algorithm_type"], **common)
     raise ValueError(f"unknown sampler {case['sampler']!r}")
 
 
-@pytest.mark.parametrize("case", fixture_cases() or [None], ids=case_ids)
-def test_matches_official_fixture(case: dict | None, fixture: dict) -> None:
-    if case is None:
-        pytest.skip(f"official sampler fixture not found at {SAMPLERS_NPZ}")
+@pytest.mark.parametrize("case", fixture_cases(), ids=case_ids)
+def test_matches_official_fixture(case: dict, fixture: dict) -> None:
     ns = schedule_from_spec(case["schedule"])
     eps = numpy_eps_model(gmm_from_fixture(fixture), ns, case["model_type"], case.get("guidance"), fixture["cond"])
     model = CountingModel(eps)
@@ -74,7 +71,7 @@ def test_unipc_order1_is_ddim_plus_unic1(gmm_setup) -> None:
     b = dpm_solver_loop(eps, x_t, ns, steps=7, order=1, algorithm="dpmsolver++", corrector="unic_bh1")
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     # Noise-prediction forms agree too.
-    a = unipc_loop(eps, x_t, ns, steps=7, order=1, variant="bh1", prediction="noise")
+    a = unipc_loop(eps, x_t, ns, steps=7, order=1, variant="bh1", solver_space="noise")
     b = dpm_solver_loop(eps, x_t, ns, steps=7, order=1, algorithm="dpmsolver", corrector="unic_bh1")
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 

@@ -243,7 +243,7 @@ def test_bad_arguments_raise_one_line_errors(linear1000, kwargs, match):
     with pytest.raises(ValueError, match=match) as info:
         training_losses(_model_jnp(_params(2 * C)), x0, args["t"], args["noise"], linear1000, **kwargs)
     assert "\n" not in str(info.value)
-    with pytest.raises(TypeError, match="diffusion must be a DiscreteDiffusion"):
+    with pytest.raises(TypeError, match="expected a discrete NoiseScheduleVP"):
         training_losses(_model_jnp(_params(2 * C)), x0, T_CASES, noise, linear1000.betas)
 
 

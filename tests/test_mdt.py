@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from shared_fixtures import fixture_path, load_json, load_npz
+from reference_fixtures import fixture_path, load_json, load_npz
 
 from edt_jax.models import MDT_CONFIGS, count_macs, create_model
 from edt_jax.models.blocks import explicit_attention
@@ -219,7 +219,7 @@ def test_explicit_attention_gradient_equals_autodiff(with_modulation):
 def test_configs_build_the_official_recipe(config_name):
     import importlib
 
-    from launch import builders
+    from edt_jax.runs import build as builders
     config = importlib.import_module(f"configs.{config_name}").get_config()
     model = builders.build_model(config)
     loss = builders.build_loss_config(config, model)
@@ -233,17 +233,17 @@ def test_configs_build_the_official_recipe(config_name):
 def test_masked_training_step_on_the_shapes_variant():
     """Two steps of the library's diffusion step with MDTv2's masked pass: finite, both losses logged."""
     from configs import shapes_mdt_tiny
+    from edt_jax.runs import build as builders
     from edt_jax.training import sharding
     from edt_jax.training.step import compile_train_step, make_train_step
     from edt_jax.training.train_state import create_train_state
-    from launch import builders
 
     config = shapes_mdt_tiny.get_config("test")
     mesh, model, tx = builders.build_mesh(config), builders.build_model(config), builders.build_optimizer(config)
     example = (jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32), jax.ShapeDtypeStruct((1,), np.float32),
                jax.ShapeDtypeStruct((1,), np.int32))
     state, shardings = create_train_state(model, tx, jax.random.key(0), example, mesh)
-    step = compile_train_step(make_train_step(model, tx, builders.build_diffusion(config),
+    step = compile_train_step(make_train_step(model, tx, builders.build_schedule(config),
                                               builders.build_loss_config(config, model)),
                               shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
     rng = np.random.default_rng(0)

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from shared_fixtures import load_npz
+from reference_fixtures import load_npz
 
 from edt_jax.metrics import disentanglement as dis
 
@@ -22,7 +22,7 @@ CASES = ("disentangled", "mixed_fewer", "pruned_nuisance")
 
 @pytest.fixture(scope="module")
 def fixture() -> dict:
-    data = load_npz(NPZ)  # skips when shared/fixtures is absent
+    data = load_npz(NPZ)
     data["cases"] = {c["name"]: c for c in json.loads(str(data["cases_json"]))["cases"]}
     return data
 

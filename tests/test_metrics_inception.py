@@ -1,6 +1,6 @@
 """FID Inception-v3 against pytorch-fid (``fid_inception_recipe.npz``) and its weight converter.
 
-The fixture's weights are rebuilt from its numpy recipe (see shared/fixtures/README.md). One jit of
+The fixture's weights are rebuilt from its numpy recipe (see tests/fixtures/README.md). One jit of
 ``net.apply`` is compiled for the 299x299 network and reused by every test that runs it.
 """
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from shared_fixtures import inception_recipe_state_dict, load_npz
+from reference_fixtures import inception_recipe_state_dict, load_npz
 
 from edt_jax.metrics.inception import WEIGHTS_FILE, create_fid_inception, inception_params_from_torch
 from edt_jax.metrics.inception_convert import WRAPPER_PREFIX, load_inception_weights

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 from model_helpers import apply
-from shared_fixtures import fixture_path, load_json, load_npz
+from reference_fixtures import fixture_path, load_json, load_npz
 
 from edt_jax.models import count_macs, create_model
 from edt_jax.models.convert import (

@@ -13,24 +13,27 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import main_job  # the main job's commands, timed
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-sys.path.insert(0, str(REPO / "benchmarks"))
-import main_job  # noqa: E402  (benchmarks/main_job.py: the main job's commands, timed)
 
 # One marker per python block of the README, each run by a test below.
-MARKERS = ("nn.Dense(8)", 'create_model("EDT-S/2")', "guidance_schedule(4.0", "restoration.create_degradation",
-           "disentangle.DisDiff(")
+MARKERS = ("edt_jax.load_run(", "nn.Dense(8)", 'create_model("EDT-S/2")', "guidance_schedule(4.0",
+           "restoration.create_degradation", "disentangle.DisDiff(")
 
 
 def blocks(language: str, path: Path = README) -> list[str]:
     return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.S | re.M)
 
 
-def run_readme_block(marker: str, path: Path = README) -> dict:
-    """Execute the python block of ``path`` (the README, or a docs page) containing ``marker``; return its
-    namespace."""
+def run_readme_block(marker: str, path: Path = README, replace: dict | None = None) -> dict:
+    """Execute the python block of ``path`` (the README, or a docs page) containing ``marker``, with the
+    ``replace`` substitutions (old -> new text); return its namespace."""
     example = next(b for b in blocks("python", path) if marker in b)
+    for old, new in (replace or {}).items():
+        assert old in example, old
+        example = example.replace(old, new)
     namespace: dict = {}
     exec(compile(example, str(path), "exec"), namespace)
     return namespace
@@ -115,9 +118,11 @@ def test_readme_main_job_runs_as_written(tmp_path):
     block = next(b for b in blocks("bash") if "launch.train" in b)
     assert tuple(block.strip().splitlines()) == main_job.COMMANDS  # the benchmark times what the README says
     workdir = tmp_path / "run"
-    fewer = {"launch.train": ["--config.total_steps=3", "--config.batch_size=8", "--config.log_every_steps=1"],
+    # A few steps and samples; --config.sample.steps sets the run's default sampler steps (the Python block's).
+    fewer = {"launch.train": ["--config.total_steps=3", "--config.batch_size=8", "--config.log_every_steps=1",
+                              "--config.sample.steps=2"],
              "launch.sample": ["--num_samples=10", "--steps=2"],
-             "launch.evaluate": ["--num_samples=16", "--steps=2"], "benchmarks/nearest.py": []}
+             "launch.evaluate": ["--num_samples=16", "--steps=2"], "benchmarks.nearest": []}
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     outputs = {}
     for command in main_job.COMMANDS:
@@ -131,4 +136,11 @@ def test_readme_main_job_runs_as_written(tmp_path):
     assert f"the grid {(workdir / 'samples.png').resolve()}" in outputs["launch.sample"].stdout
     report = json.loads(next(workdir.glob("eval_*.json")).read_text())
     assert 0 <= report["metrics"]["class_accuracy_mnist5k"] <= 1 and report["metrics"]["FD_mnist5k"] > 0
-    assert "10 samples vs 5000 distinct training images of `mnist5k`" in outputs["benchmarks/nearest.py"].stdout
+    assert "10 samples vs 5000 distinct training images of `mnist5k`" in outputs["benchmarks.nearest"].stdout
+    # The README's Python block on the same run: the library call behind the launchers.
+    namespace = run_readme_block("edt_jax.load_run(", replace={main_job.WORKDIR: str(workdir),
+                                                               "num_samples=512": "num_samples=16"})
+    assert namespace["images"].shape == (3, 32, 32, 1) and namespace["run"].step == 3
+    assert 0 <= namespace["report"]["metrics"]["class_accuracy_mnist5k"] <= 1
+    x_t = np.zeros((2, 32, 32, 1), np.float32)
+    assert namespace["denoise"](namespace["run"].params, x_t, np.full(2, 500.0, np.float32)).shape == x_t.shape

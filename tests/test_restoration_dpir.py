@@ -7,8 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from edt_jax.diffusion import DiscreteDiffusion, NoiseScheduleVP
-from edt_jax.diffusion.ddpm import beta_schedule
+from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.restoration import (
     FusionNet,
     NAFNet,
@@ -24,25 +23,24 @@ from edt_jax.restoration import (
 )
 from edt_jax.restoration.networks import _pixel_shuffle
 
-DIFFUSION = DiscreteDiffusion.from_betas(beta_schedule("linear", 1000))
-NS = NoiseScheduleVP.discrete(betas=DIFFUSION.betas)
+NS = NoiseScheduleVP.named("linear", 1000)
 RNG = np.random.default_rng(0)
 X0 = jnp.asarray(RNG.uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
 
 
-@pytest.mark.parametrize("model_type", ["noise", "x_start", "v", "score"])
-def test_x0_predictor_inverts_every_parameterisation(model_type):
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score"])
+def test_x0_predictor_inverts_every_parameterisation(prediction):
     t_input = jnp.asarray([0.0, 100.0, 500.0, 999.0])
     t = t_input / 1000.0 + 1.0 / 1000
     alpha = NS.marginal_alpha(t)[:, None, None, None]
     sigma = NS.marginal_std(t)[:, None, None, None]
     eps = jnp.asarray(RNG.standard_normal(X0.shape), jnp.float32)
     x_t = alpha * X0 + sigma * eps
-    target = {"noise": eps, "x_start": X0, "v": alpha * eps - sigma * X0, "score": -eps / sigma}[model_type]
+    target = {"eps": eps, "x0": X0, "v": alpha * eps - sigma * X0, "score": -eps / sigma}[prediction]
     # learned_sigma: the network's second half of channels must be ignored
     network = lambda params, x, t_in: jnp.concatenate([target, jnp.full_like(target, 7.0)], -1)  # noqa: E731
-    got = jax.jit(x0_predictor(network, NS, model_type, learned_sigma=True))(None, x_t, t_input)
-    np.testing.assert_allclose(got, X0, atol=2e-4 if model_type != "x_start" else 0)
+    got = jax.jit(x0_predictor(network, NS, prediction, learned_sigma=True))(None, x_t, t_input)
+    np.testing.assert_allclose(got, X0, atol=2e-4 if prediction != "x0" else 0)
 
 
 def test_start_timestep_and_its_errors():
@@ -64,7 +62,7 @@ def test_start_state_mixes_the_ir_estimate_and_noise_at_tau():
 @pytest.mark.parametrize(("sampler", "tau"), [("ddim", 1.0), ("unipc", 0.3), ("ddpm", 1.0), ("ddpm", 0.3)])
 def test_an_exact_data_predictor_restores_exactly_from_any_tau(sampler, tau):
     model = lambda x, t_input: jnp.broadcast_to(X0, x.shape)  # noqa: E731 - the oracle x0
-    out = jax.jit(lambda k: restore(model, X0 * 0.3, k, NS, DIFFUSION, sampler=sampler, steps=5, tau=tau))(
+    out = jax.jit(lambda k: restore(model, X0 * 0.3, k, NS, sampler=sampler, steps=5, tau=tau))(
         jax.random.key(1))
     # ODE samplers stop at t = 1/N, where x keeps sigma_end eps (sigma_end = 0.01); ancestral DDPM ends on x0 itself.
     atol = 1e-4 if sampler == "ddpm" else 5 * float(NS.marginal_std(1e-3))
@@ -74,9 +72,9 @@ def test_an_exact_data_predictor_restores_exactly_from_any_tau(sampler, tau):
 def test_restore_errors():
     model = lambda x, t: x  # noqa: E731
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        restore(model, X0, jax.random.key(0), NS, DIFFUSION, sampler="euler")
+        restore(model, X0, jax.random.key(0), NS, sampler="euler")
     with pytest.raises(ValueError, match=r"steps=20 ancestral steps do not fit in the 10 timesteps below tau=0.01"):
-        restore(model, X0, jax.random.key(0), NS, DIFFUSION, sampler="ddpm", steps=20, tau=0.01)
+        restore(model, X0, jax.random.key(0), NS, sampler="ddpm", steps=20, tau=0.01)
 
 
 def test_fusion_net_starts_from_the_ir_estimate_and_has_the_papers_size():

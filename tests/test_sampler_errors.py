@@ -19,7 +19,7 @@ def _never_called(x, t):
 
 SAMPLER_CASES = [
     (samplers.unipc, dict(variant="bh3"), r"unknown variant 'bh3'; expected one of 'bh1', 'bh2'"),
-    (samplers.unipc, dict(prediction="x0"), r"unknown prediction 'x0'; expected one of 'data', 'noise'"),
+    (samplers.unipc, dict(solver_space="x0"), r"unknown solver_space 'x0'; expected one of 'data', 'noise'"),
     (samplers.unipc, dict(skip_type="karras"), r"unknown skip_type 'karras'; expected one of 'time_uniform'"),
     (samplers.unipc, dict(steps=0), r"steps must be an integer >= 1, got 0"),
     (samplers.unipc, dict(steps=2.5), r"steps must be an integer >= 1, got 2.5"),
@@ -52,8 +52,8 @@ def test_bad_x_T_dtype():
 
 
 def test_bad_wrapper_arguments():
-    with pytest.raises(ValueError, match=r"unknown model_type 'eps'; expected one of 'noise', 'x_start', 'v', 'score'"):
-        samplers.model_wrapper(_never_called, NS, model_type="eps")
+    with pytest.raises(ValueError, match=r"unknown prediction 'noise_pred'; expected one of 'eps', 'x0', 'v', 'score'"):
+        samplers.model_wrapper(_never_called, NS, prediction="noise_pred")
     with pytest.raises(ValueError, match=r"unknown guidance_type 'classifier'; expected one of 'uncond'"):
         samplers.model_wrapper(_never_called, NS, guidance_type="classifier")
     with pytest.raises(ValueError, match="guidance_type 'classifier-free' needs condition"):

@@ -155,18 +155,18 @@ def test_constant_per_step_guidance_equals_scalar_guidance(gmm):
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("model_type", ["x_start", "v", "score"])
-def test_wrapper_converts_outputs_on_image_shaped_x(gmm, model_type):
+@pytest.mark.parametrize("prediction", ["x0", "v", "score"])
+def test_wrapper_converts_outputs_on_image_shaped_x(gmm, prediction):
     """alpha_t / sigma_t are per-sample (B,) and must broadcast over (B, H, W, C) images."""
     x = jax.random.normal(jax.random.key(0), (3, 2, 2, 2))
     t = jnp.array([0.2, 0.5, 0.9])
     eps_true = samplers.model_wrapper(gmm.model(NS), NS)(x, t)
-    if model_type == "score":
+    if prediction == "score":
         sigma = NS.marginal_std(t).reshape(-1, 1, 1, 1)
         net = lambda x, t_in: -gmm.model(NS)(x, t_in) / sigma  # noqa: E731
     else:
-        net = gmm.model(NS, model_type)
-    eps = samplers.model_wrapper(net, NS, model_type=model_type)(x, t)
+        net = gmm.model(NS, prediction)
+    eps = samplers.model_wrapper(net, NS, prediction=prediction)(x, t)
     np.testing.assert_allclose(eps, eps_true, atol=2e-5)
 
 

@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fixture_cases import case_ids, fixture_cases, gmm_from_fixture, load_sampler_fixture, schedule_from_spec
+from fixture_cases import (
+    case_ids,
+    fixture_cases,
+    gmm_from_fixture,
+    load_sampler_fixture,
+    prediction_of,
+    schedule_from_spec,
+)
 
 from edt_jax import samplers
 
@@ -15,13 +22,13 @@ TOL = 1e-6
 
 def _run(case: dict, data: dict, x_T: jax.Array) -> jax.Array:
     ns = schedule_from_spec(case["schedule"])
-    model = gmm_from_fixture(data).model(ns, case["model_type"])
+    model = gmm_from_fixture(data).model(ns, prediction_of(case))
     if case["guidance"] is None:
-        model_fn = samplers.model_wrapper(model, ns, model_type=case["model_type"])
+        model_fn = samplers.model_wrapper(model, ns, prediction=prediction_of(case))
     else:
         num_components = data["gmm_weights"].shape[0]
         model_fn = samplers.model_wrapper(
-            model, ns, model_type=case["model_type"], guidance_type="classifier-free",
+            model, ns, prediction=prediction_of(case), guidance_type="classifier-free",
             condition=jnp.asarray(data["cond"]), unconditional_condition=jnp.full(data["cond"].shape, num_components),
             guidance_scale=case["guidance"]["scale"])
     common = {"steps": case["steps"], "order": case["order"], "skip_type": case["skip_type"],
@@ -29,12 +36,12 @@ def _run(case: dict, data: dict, x_T: jax.Array) -> jax.Array:
               "lower_order_final": case.get("lower_order_final", True),
               "denoise_to_zero": case.get("denoise_to_zero", False), "thresholding": case.get("thresholding")}
     if case["sampler"] == "unipc":
-        prediction = {"data_prediction": "data", "noise_prediction": "noise"}[case["algorithm_type"]]
-        return samplers.unipc(model_fn, x_T, ns, variant=case["variant"], prediction=prediction, **common)
+        space = {"data_prediction": "data", "noise_prediction": "noise"}[case["algorithm_type"]]
+        return samplers.unipc(model_fn, x_T, ns, variant=case["variant"], solver_space=space, **common)
     return samplers.dpm_solver(model_fn, x_T, ns, algorithm=case["algorithm_type"], **common)
 
 
-@pytest.mark.parametrize("case", fixture_cases() or [None], ids=case_ids)
+@pytest.mark.parametrize("case", fixture_cases(), ids=case_ids)
 def test_matches_official_float64(case):
     data = load_sampler_fixture()
     with jax.enable_x64(True):
@@ -44,7 +51,7 @@ def test_matches_official_float64(case):
     assert err <= TOL, f"{case['name']}: max abs error {err:.3e} > {TOL:g}"
 
 
-@pytest.mark.parametrize("case", fixture_cases() or [None], ids=case_ids)
+@pytest.mark.parametrize("case", fixture_cases(), ids=case_ids)
 def test_float32_tracks_official(case):
     """The default float32 path: state stays float32 and lands near the float64 reference."""
     data = load_sampler_fixture()

@@ -33,15 +33,15 @@ def _setup(schedule: str):
 
 
 UNIPC_CASES = [
-    dict(schedule="discrete", steps=7, order=3, variant="bh2", prediction="data", skip_type="time_quadratic"),
-    dict(schedule="discrete", steps=6, order=3, variant="bh1", prediction="noise", skip_type="logSNR"),
-    dict(schedule="linear", steps=5, order=2, variant="bh1", prediction="data", lower_order_final=False,
+    dict(schedule="discrete", steps=7, order=3, variant="bh2", solver_space="data", skip_type="time_quadratic"),
+    dict(schedule="discrete", steps=6, order=3, variant="bh1", solver_space="noise", skip_type="logSNR"),
+    dict(schedule="linear", steps=5, order=2, variant="bh1", solver_space="data", lower_order_final=False,
          t_end=1e-3, denoise_to_zero=True),
-    dict(schedule="cosine", steps=4, order=1, variant="bh2", prediction="noise", skip_type="time_uniform"),
-    dict(schedule="discrete", steps=9, order=2, variant="bh2", prediction="data", thresholding=(0.9, 1.2),
+    dict(schedule="cosine", steps=4, order=1, variant="bh2", solver_space="noise", skip_type="time_uniform"),
+    dict(schedule="discrete", steps=9, order=2, variant="bh2", solver_space="data", thresholding=(0.9, 1.2),
          denoise_to_zero=True),
-    dict(schedule="discrete", steps=5, order=3, variant="bh1", prediction="data", t_start=0.6, t_end=0.01),
-    dict(schedule="linear", steps=3, order=3, variant="bh1", prediction="data", skip_type="logSNR", t_end=1e-3),
+    dict(schedule="discrete", steps=5, order=3, variant="bh1", solver_space="data", t_start=0.6, t_end=0.01),
+    dict(schedule="linear", steps=3, order=3, variant="bh1", solver_space="data", skip_type="logSNR", t_end=1e-3),
 ]
 
 DPM_CASES = [

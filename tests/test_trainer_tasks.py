@@ -122,3 +122,16 @@ def test_a_checkpoint_of_another_model_is_an_error_and_stays_in_place(tmp_path):
         run(tmp_path, 20, width=16)
     assert Checkpointer(tmp_path / "checkpoints").all_steps() == [10]
     assert not (tmp_path / "checkpoints" / "unreadable").exists()
+
+
+def test_a_torn_metrics_line_is_not_a_record(tmp_path):
+    """A reader racing the writer (or a run killed mid-line) sees complete records only; resuming drops the rest."""
+    from edt_jax.training.metrics import MetricsWriter, read_records
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n{"step": 3, "lo')
+    assert read_records(path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+    MetricsWriter(tmp_path, total_steps=10).truncate_after(5)
+    assert path.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n'
+    MetricsWriter(tmp_path, total_steps=10).truncate_after(1)
+    assert read_records(path) == [{"step": 1, "loss": 0.5}]

@@ -17,12 +17,13 @@ import pytest
 
 from configs import shapes_dit_tiny, shapes_edt_tiny
 from edt_jax.data import create_source
+from edt_jax.runs import build as builders
+from edt_jax.runs import train as run
 from edt_jax.training import sharding
 from edt_jax.training.checkpoint import Checkpointer
+from edt_jax.training.metrics import read_records
 from edt_jax.training.step import compile_train_step, make_train_step
 from edt_jax.training.train_state import abstract_train_state, create_train_state
-from launch import builders
-from launch.train import run
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = (jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32), jax.ShapeDtypeStruct((1,), jnp.float32),
@@ -38,8 +39,8 @@ def tiny_config(masked_pass: bool = False, **overrides):
 
 
 def losses(workdir: Path) -> dict[int, float]:
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    return {r["step"]: r["loss"] for r in map(json.loads, lines)}
+    """{step: loss} of the records written so far; a line still being written by a running trainer is not one."""
+    return {r["step"]: r["loss"] for r in read_records(workdir / "metrics.jsonl")}
 
 
 def launch_train(workdir: Path, *overrides: str, **popen) -> subprocess.Popen:
@@ -63,7 +64,7 @@ def test_loss_decreases(tmp_path):
 def test_step_on_8_devices_equals_step_on_1():
     config = tiny_config()
     model, tx = builders.build_model(config), builders.build_optimizer(config)
-    step = make_train_step(model, tx, builders.build_diffusion(config), builders.build_loss_config(config, model))
+    step = make_train_step(model, tx, builders.build_schedule(config), builders.build_loss_config(config, model))
     rng = np.random.default_rng(0)
     batch = {"image": rng.uniform(-1, 1, (16, 32, 32, 3)).astype(np.float32), "label": np.arange(16) % 3,
              "t": rng.integers(0, 1000, 16).astype(np.int32), "t_weight": np.ones(16, np.float32)}
@@ -79,10 +80,13 @@ def test_step_on_8_devices_equals_step_on_1():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+TOTAL, EVERY = 24, 8  # the resume tests' run: masked pass, a checkpoint every 8 steps
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = run(tiny_config(True, total_steps=40, log_every_steps=1, checkpoint_every_steps=10), str(workdir))
+    result = run(tiny_config(True, total_steps=TOTAL, log_every_steps=1, checkpoint_every_steps=EVERY), str(workdir))
     return workdir, result
 
 
@@ -99,21 +103,27 @@ def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: flo
 
 def test_kill_9_then_resume_continues_exactly(uninterrupted, tmp_path):
     reference_dir, _ = uninterrupted
-    flags = ["--config.total_steps=40", "--config.log_every_steps=1", "--config.checkpoint_every_steps=10"]
+    flags = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1", f"--config.checkpoint_every_steps={EVERY}"]
     proc = launch_train(tmp_path, *flags)
-    wait_for_step(proc, tmp_path, 12)
-    deadline = time.time() + 120  # the step-10 checkpoint is written asynchronously; kill once it is complete
-    while Checkpointer(tmp_path / "checkpoints").latest_step() is None and time.time() < deadline:
+    wait_for_step(proc, tmp_path, EVERY + 2)
+    # The first checkpoint is written asynchronously; kill once it is complete. Orbax marks a finished step with
+    # commit_success.txt in its directory: reading that file does not race the writer, as a checkpoint manager
+    # opened here while the trainer moves its temporary directories would (a half-moved listing).
+    deadline = time.time() + 120
+    done = [tmp_path / "checkpoints" / str(s) / "commit_success.txt" for s in range(EVERY, TOTAL, EVERY)]
+    while not any(p.exists() for p in done) and time.time() < deadline:
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert Checkpointer(tmp_path / "checkpoints").latest_step() in (10, 20, 30)
+    with Checkpointer(tmp_path / "checkpoints") as checkpointer:
+        assert checkpointer.latest_step() in range(EVERY, TOTAL, EVERY)
     resumed = launch_train(tmp_path, *flags)
     output = resumed.communicate(timeout=300)[0].decode()
     assert resumed.returncode == 0, output[-3000:]
     got, want = losses(tmp_path), losses(reference_dir)
-    assert sorted(got) == list(range(1, 41))
-    np.testing.assert_allclose([got[s] for s in range(1, 41)], [want[s] for s in range(1, 41)], rtol=2e-5)
+    assert sorted(got) == list(range(1, TOTAL + 1))
+    steps = range(1, TOTAL + 1)
+    np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=2e-5)
 
 
 def test_checkpoint_from_8_devices_restores_onto_2(uninterrupted):
@@ -122,7 +132,7 @@ def test_checkpoint_from_8_devices_restores_onto_2(uninterrupted):
     model, tx = builders.build_model(config), builders.build_optimizer(config)
     mesh = sharding.create_mesh(data=1, fsdp=2, devices=jax.devices()[:2])
     state, _, extra = Checkpointer(workdir / "checkpoints").restore(abstract_train_state(model, tx, EXAMPLE, mesh))
-    assert int(state.step) == 40 and extra is not None
+    assert int(state.step) == TOTAL and extra is not None
     kernel = state.params["blocks_0"]["mlp"]["fc1"]["kernel"]
     assert kernel.sharding.mesh.devices.size == 2
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(result.state.params), strict=True):

@@ -21,7 +21,7 @@ def gmm():
 
 
 ODE_CASES = [
-    ("unipc", dict(steps=5, order=3, prediction="noise", skip_type="logSNR", denoise_to_zero=True)),
+    ("unipc", dict(steps=5, order=3, solver_space="noise", skip_type="logSNR", denoise_to_zero=True)),
     ("unipc", dict(steps=6, order=2, variant="bh2", thresholding=(0.9, 1.0), denoise_to_zero=True)),
     ("dpm_solver", dict(steps=7, order=2, t_start=0.8, t_end=0.02)),
     ("ddim", dict(steps=5, skip_type="time_quadratic")),
@@ -103,8 +103,8 @@ def test_ddpm_trajectory_records_states_and_x0():
     net = gmm.model(NS)  # eps at the discrete timestep t_input, as ADM's network
     x_T = jax.random.normal(jax.random.key(0), (5, 4))
     key = jax.random.key(1)
-    plain = jax.jit(lambda x: samplers.ddpm(net, x, key, diffusion, steps=10, variance="fixed_small"))(x_T)
-    out, traj = jax.jit(lambda x: samplers.ddpm(net, x, key, diffusion, steps=10, variance="fixed_small",
+    plain = jax.jit(lambda x: samplers.ddpm(net, x, diffusion, key=key, steps=10, variance="fixed_small"))(x_T)
+    out, traj = jax.jit(lambda x: samplers.ddpm(net, x, diffusion, key=key, steps=10, variance="fixed_small",
                                                 return_trajectory=True))(x_T)
     np.testing.assert_array_equal(out, plain)
     assert traj.t.shape == (10,) and traj.x.shape == (10, 5, 4)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
-from shared_fixtures import load_json, load_npz
+from reference_fixtures import load_json, load_npz
 
 from edt_jax.models.vae import (
     SD_VAE_SCALE,

@@ -1,27 +1,29 @@
-"""Where the official reference fixtures live, and skipping loaders for them.
+"""The reference fixtures kept in ``tests/fixtures/`` (see the README there), and loaders for them.
 
-The fixture folder sits beside the repository (``../shared/fixtures``); the environment variable
-``EDT_JAX_FIXTURES`` points elsewhere (e.g. on a machine where only the repository was copied).
-A test that needs a file skips with a clear reason when it is absent.
+The files are part of the repository, so a missing one is an error, not a reason to skip a test.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-FIXTURES = Path(os.environ.get("EDT_JAX_FIXTURES", Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+class MissingFixtureError(FileNotFoundError):
+    """A reference fixture that belongs in ``tests/fixtures/`` is not there."""
 
 
 def fixture_path(name: str) -> Path:
-    """Path of fixture ``name``; skips the calling test when it is absent."""
+    """Path of fixture ``name``; raises ``MissingFixtureError`` when the file is absent."""
     path = FIXTURES / name
     if not path.is_file():
-        pytest.skip(f"official fixture {name} not found at {path} (the shared/fixtures folder is absent)")
+        raise MissingFixtureError(
+            f"reference fixture {name!r} is missing from {FIXTURES}; it is part of the repository "
+            f"(see tests/fixtures/README.md): restore it, e.g. with `git checkout -- tests/fixtures/{name}`")
     return path
 
 
@@ -35,7 +37,7 @@ def load_json(name: str):
 
 
 def inception_recipe_state_dict(fixture: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The FID Inception state dict rebuilt from ``fid_inception_recipe.npz`` by the recipe in the fixtures' README."""
+    """The FID Inception state dict rebuilt from ``fid_inception_recipe.npz`` (recipe: tests/fixtures/README.md)."""
     names = [str(n) for n in fixture["names"]]
     shapes = json.loads(str(fixture["shapes_json"]))
     state = {}
