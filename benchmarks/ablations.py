@@ -1,6 +1,6 @@
 """EDT's claims at CPU scale: EDT vs DiT and MDTv2 at equal steps and equal training FLOPs, masking, AMM.
 
-    python benchmarks/ablations.py --workroot /tmp/ablations --steps 3000 --train_seeds 0,1 --sample_seeds 0,1
+    python -m benchmarks.ablations --workroot /tmp/ablations --steps 3000 --train_seeds 0,1 --sample_seeds 0,1
 
 Variants, all on the whole embedded shapes dataset with ``configs/shapes_edt_tiny.py:full``'s recipe (FD_shapes
 compares with the whole dataset, so the shapes_edt_tiny slice would not fit it):
@@ -29,16 +29,15 @@ import sys
 import time
 from pathlib import Path
 
+import edt_jax
+from benchmarks.bench_utils import command_line, load_config, machine_info, md_table, spread, write_results
+from benchmarks.quality import data_floor, score_samples
+from edt_jax.metrics import extractors
+from edt_jax.models.flops import count_macs
+from edt_jax.runs import build
+from edt_jax.training.checkpoint import Checkpointer
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # launch/ and configs/ live at the repo root
-
-from bench_utils import load_config, machine_info, md_table, spread, write_results  # noqa: E402
-from quality import data_floor, score_samples  # noqa: E402
-
-from edt_jax.metrics import extractors  # noqa: E402
-from edt_jax.models.flops import count_macs  # noqa: E402
-from edt_jax.training.checkpoint import Checkpointer  # noqa: E402
-from launch import builders, sample  # noqa: E402
 
 # name -> (config file:arg, launch.train overrides, passes per step: the masked pass costs a second full pass)
 VARIANTS = {
@@ -55,7 +54,7 @@ FLOPS_MATCHED = {"dit_flops": ("edt", "dit"), "mdt_flops": ("edt_mask", "mdt")}
 
 def training_macs(variant: str) -> int:
     """Multiply-adds of one forward pass per image of the variant's model (``edt_jax.models.flops``)."""
-    return count_macs(builders.build_model(load_config(VARIANTS[variant][0])))
+    return count_macs(build.build_model(load_config(VARIANTS[variant][0])))
 
 
 def variant_steps(variant: str, steps: int) -> int:
@@ -122,9 +121,8 @@ def main() -> None:
         for seed in train_seeds:
             workdir = Path(args.workroot) / f"{variant}_s{seed}"
             wall = train(variant, seed, steps, workdir)
-            config, model, diffusion, state, step, mesh = sample.load_run(workdir, None)
-            run = (config, model, diffusion, state.ema_params, mesh)
-            for amm in ([False, True] if config.model.name.startswith("EDT") else [False]):
+            run = edt_jax.load_run(workdir)
+            for amm in ([False, True] if run.config.model.name.startswith("EDT") else [False]):
                 scores = score_samples(run, extractor, reference, args.num_samples, args.batch_size, sample_seeds,
                                        sampler=args.sampler, steps=args.nfe, order=2, variant="bh2",
                                        guidance_scale=1.0, amm=amm)
@@ -149,7 +147,7 @@ def main() -> None:
     report = "\n".join([
         "# EDT ablations at CPU scale (shapes, FD_shapes: lower is better; not FID)", "",
         f"- machine: {machine_info()}",
-        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        f"- command: `{command_line()}`",
         f"- training seeds {train_seeds}, sampling seeds {sample_seeds}; cells: mean (min-max) over all "
         f"(training seed, sampling seed) pairs",
         f"- sampling: {args.sampler} {args.nfe} steps, EMA parameters, no guidance, {args.num_samples} samples "

@@ -1,10 +1,11 @@
-"""Helpers shared by the benchmark scripts: markdown tables, machine description, compiled timing."""
+"""Helpers shared by the benchmark scripts: markdown tables, the command line, machine description, compiled timing."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -12,16 +13,23 @@ from pathlib import Path
 
 import jax
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ and configs/ live at the repo root
-from launch.tables import md_table, spread  # noqa: E402, F401  (re-exported for the benchmark scripts)
+from edt_jax.reporting import md_table, spread  # noqa: F401  (re-exported for the benchmark scripts)
 
 
 def load_config(spec: str):
-    """The ``get_config(arg)`` of a ``file.py[:arg]`` config, imported as ``launch.train`` does."""
+    """The ``get_config(arg)`` of a ``file.py[:arg]`` config, imported as ``launch.train`` does (``configs`` is a
+    package at the repository root, on ``sys.path`` when a benchmark runs as ``python -m benchmarks.<name>``)."""
     import importlib
 
     path, _, arg = spec.partition(":")
     return importlib.import_module(path.removesuffix(".py").replace("/", ".")).get_config(arg or None)
+
+
+def command_line() -> str:
+    """The command that started this process as the reports quote it: ``python -m benchmarks.<name> ARGS``."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    program = ["-m", spec.name] if spec is not None else sys.argv[:1]
+    return shlex.join(["python", *program, *sys.argv[1:]])
 
 
 def machine_info() -> str:

@@ -1,6 +1,6 @@
 """The XLA CPU slow paths behind the training-step rewrite, each timed against the form the library now uses.
 
-    python benchmarks/cpu_kernels.py
+    python -m benchmarks.cpu_kernels
 
 Shapes are EDT-S/2's first stage at batch 8 (256 tokens, width 312, 6 heads). Cases:
 
@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-from bench_utils import machine_info, md_table, time_call, write_results
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from edt_jax.models.blocks import explicit_attention  # noqa: E402
-from edt_jax.models.layers import sum_over_batch  # noqa: E402
+from benchmarks.bench_utils import command_line, machine_info, md_table, time_call, write_results
+from edt_jax.models.blocks import explicit_attention
+from edt_jax.models.layers import sum_over_batch
 
 B, L, D, H = 8, 256, 312, 6
 
@@ -77,7 +74,7 @@ def main() -> None:
     backend = jax.default_backend()
     report = (f"# XLA CPU slow paths and the forms the library uses ({backend})\n\n"
               f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n- machine: {machine_info()}\n"
-              f"- command: `{shlex.join(['python'] + sys.argv)}`\n- EDT-S/2 first-stage shapes at batch 8, float32; "
+              f"- command: `{command_line()}`\n- EDT-S/2 first-stage shapes at batch 8, float32; "
               f"median of {args.repeats} jitted runs after a warm-up\n"
               f"- total runtime: {time.perf_counter() - start:.0f} s\n\n"
               f"{md_table(['case', 'previous form ms', 'library form ms', 'ratio'], rows)}\n")

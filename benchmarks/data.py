@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    python benchmarks/data.py                                   # shapes, mnist5k, a generated folder
-    python benchmarks/data.py --sources tfds:cifar10 --data_dir ~/tensorflow_datasets
+    python -m benchmarks.data                                   # shapes, mnist5k, a generated folder
+    python -m benchmarks.data --sources tfds:cifar10 --data_dir ~/tensorflow_datasets
 
 The folder source is a generated folder of ``--folder_images`` random 64x64 PNGs in 10 classes,
 built once into an ArrayRecord TFDS dataset (build time reported separately) and read back with
@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_utils import machine_info, md_table, write_results
 from PIL import Image
 
+from benchmarks.bench_utils import command_line, machine_info, md_table, write_results
 from edt_jax.data.pipeline import create_dataset
 from edt_jax.data.sources import create_source
 
@@ -89,7 +87,7 @@ def main() -> None:
             print(rows[-1], flush=True)
     table = md_table(["source", "records"] + [f"img/s, {n}" for n in names] + ["build s"], rows)
     report = (f"# Input pipeline throughput\n\n- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
-              f"- machine: {machine_info()}\n- command: `{shlex.join(['python'] + sys.argv)}`\n"
+              f"- machine: {machine_info()}\n- command: `{command_line()}`\n"
               f"- batch {args.batch}, {args.batches} timed batches after 2 warm-up batches, output "
               f"{args.image_size}x{args.image_size} float32 in [-1, 1], random flips, shuffled\n"
               f"- total runtime: {time.perf_counter() - start:.0f} s\n\n{table}\n")

@@ -1,6 +1,6 @@
 """DisDiff against its baselines on shapes: FactorVAE / DCI / MIG over training seeds, factor swaps.
 
-    python benchmarks/disentanglement.py --dpm_workdir /tmp/shapes_full_dpm --workdir /tmp/dis_bench
+    python -m benchmarks.disentanglement --dpm_workdir /tmp/shapes_full_dpm --workdir /tmp/dis_bench
 
 Every method is trained and scored by ``launch.disentangle`` (one subprocess per run, each resumable: a run
 with its eval.json is not redone) into ``WORKDIR/<method>/seed<k>``:
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from bench_utils import machine_info, md_table, write_results
+
+from benchmarks.bench_utils import machine_info, md_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # name: (config, config overrides, trained?, seeds (None: --seeds))

@@ -1,10 +1,11 @@
 """What guiding only some model calls saves, and what it costs in quality, on a model trained here.
 
-    python benchmarks/guidance_windows.py --workdir /tmp/mnist_edt --num_samples 512 --seeds 0,1 --repeats 7
+    python -m benchmarks.guidance_windows --workdir /tmp/mnist_edt --num_samples 512 --seeds 0,1 --repeats 7
 
-Rows (the same as ``launch.analyze --analysis guidance``): full classifier-free guidance; guidance on the first
-fraction 0.8 ... 0 of the calls, then the conditional (``cond``) or the unconditional (``uncond``) prediction
-alone; and guidance only on the calls inside two timestep intervals. For each row:
+Rows (``edt_jax.analysis.experiments.guidance_rows``, those of ``launch.analyze --analysis guidance``): full
+classifier-free guidance; guidance on the first fraction 0.8 ... 0 of the calls, then the conditional (``cond``) or
+the unconditional (``uncond``) prediction alone; and guidance only on the calls inside two timestep intervals. For
+each row:
 
 - time: the sampler's wall time for one batch (median of ``--repeats``, rows interleaved so that drift hits
   every row alike). Every row runs the SAME compiled sampler: the per-call scales are its argument and a
@@ -22,14 +23,15 @@ Writes ``benchmarks/results/guidance_windows_<dataset>_<backend>.md/.json/.png``
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_utils import machine_info, md_table, spread, write_results  # puts the repo root on sys.path
 
-from launch import analyze, sample
+import edt_jax
+from benchmarks.bench_utils import command_line, machine_info, md_table, spread, write_results
+from edt_jax import samplers
+from edt_jax.analysis import experiments
 
 
 def time_rows(generate, scalar_generate, params, labels: np.ndarray, rows: list[dict], repeats: int) -> None:
@@ -56,7 +58,7 @@ def time_rows(generate, scalar_generate, params, labels: np.ndarray, rows: list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a launch.train run on mnist5k or shapes that follows labels")
-    parser.add_argument("--sampler", default="unipc", choices=sample.ODE_SAMPLERS)
+    parser.add_argument("--sampler", default="unipc", choices=samplers.ODE_SAMPLERS)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--order", type=int, default=2)
     parser.add_argument("--variant", default="bh2", help="UniPC variant (bh2 is the one for guidance)")
@@ -71,25 +73,24 @@ def main() -> None:
     args = parser.parse_args()
 
     start = time.time()
-    config, model, diffusion, state, step, mesh = sample.load_run(Path(args.workdir), None)
-    run = (config, model, diffusion, state.ema_params, mesh)
+    run = edt_jax.load_run(args.workdir)
+    config, step = run.config, run.step
     scale = float(config.sample.guidance_scale if args.scale is None else args.scale)
     if scale == 1.0:
         parser.error("the guidance scale is 1: pass --scale")
-    rows = analyze.guidance_rows(scale, args.steps, [float(f) for f in args.fractions.split(",")],
-                                 analyze.parse_intervals(args.intervals.split(",")), diffusion, None)
     sampling = dict(sampler=args.sampler, steps=args.steps, order=args.order, variant=args.variant, amm=True,
-                    skip_type=None, algorithm=None)
+                    skip_type="time_uniform", algorithm="dpmsolver++")
+    rows = experiments.guidance_rows(scale, args.steps, [float(f) for f in args.fractions.split(",")],
+                                     experiments.parse_intervals(args.intervals), run.schedule, sampling["skip_type"],
+                                     args.sampler)
     seeds = [int(s) for s in args.seeds.split(",")]
 
     # Timing: one compiled sampler for every row; labels of one batch.
-    labels = np.random.default_rng(0).integers(0, model.num_classes, args.batch_size)
-    generate = sample.make_generator(model, diffusion, mesh=mesh, prediction=config.loss.prediction,
-                                     **dict(sampling, guidance_scale=rows[0]["scales"]))
-    scalar_generate = sample.make_generator(model, diffusion, mesh=mesh, prediction=config.loss.prediction,
-                                            **dict(sampling, guidance_scale=scale))
-    scalar = time_rows(generate, scalar_generate, state.ema_params, labels, rows, args.repeats)
-    analyze.score_guidance_rows(run, rows, sampling, args.num_samples, args.batch_size, seeds)
+    labels = np.random.default_rng(0).integers(0, run.num_classes, args.batch_size)
+    generate = run.generator(**sampling, guidance_scale=rows[0]["scales"])
+    scalar_generate = run.generator(**sampling, guidance_scale=scale)
+    scalar = time_rows(generate, scalar_generate, run.params, labels, rows, args.repeats)
+    experiments.score_guidance_rows(run, rows, sampling, args.num_samples, args.batch_size, seeds)
 
     full = float(np.median(rows[0]["seconds"]))
     unguided = next(r for r in rows if r["kind"] == "fraction" and r["fraction"] == 0 and r["after"] == "cond")
@@ -102,11 +103,11 @@ def main() -> None:
         table.append([row["name"], f"{row['guided']:.2f}", f"{median:.3f} ({min(row['seconds']):.3f})",
                       f"{100 * row['saving']:.1f}%", f"{100 * row['ideal']:.1f}%", f"{100 * row['predicted']:.1f}%",
                       spread(row["fd"], 1), spread(row["accuracy"], 3), spread(row["l1"], 4)])
-    dataset = analyze.dataset_of(config)
+    dataset = experiments.dataset_of(config)
     report = "\n".join([
         f"# Guidance windows: time saved and quality ({dataset})", "",
         f"- machine: {machine_info()}",
-        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        f"- command: `{command_line()}`",
         f"- model: `{args.workdir}` step {step} ({config.model.name}, EMA parameters, AMM on); {args.sampler} "
         f"order {args.order} ({args.variant}), {args.steps} steps, guidance scale {scale:g}",
         f"- time: one batch of {args.batch_size} samples, median (min) of {args.repeats} repeats, rows interleaved, "

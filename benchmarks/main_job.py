@@ -1,6 +1,6 @@
 """The README's main job, timed: its four commands as a user runs them, once per training seed.
 
-    python benchmarks/main_job.py --workroot /tmp/main_job --seeds 0,1
+    python -m benchmarks.main_job --workroot /tmp/main_job --seeds 0,1
 
 For each seed it runs, in a fresh ``WORKROOT/seed<S>``, exactly ``COMMANDS`` (the README's main-job block; a test
 keeps the two equal) with ``--config.seed=S`` added to the training command, times each command from process
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import jax
-from bench_utils import machine_info, md_table, spread, write_results
 
+from benchmarks.bench_utils import command_line, machine_info, md_table, spread, write_results
 from edt_jax.metrics import extractors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ COMMANDS = (
     "--labels 0,1,2,3,4,5,6,7,8,9",
     "python -m launch.evaluate --workdir /tmp/mnist_quick --guidance_scale 3 --num_samples 512 "
     "--metrics acc_mnist5k,fd_mnist5k",
-    "python benchmarks/nearest.py --samples /tmp/mnist_quick/samples.npz --workdir /tmp/mnist_quick",
+    "python -m benchmarks.nearest --samples /tmp/mnist_quick/samples.npz --workdir /tmp/mnist_quick",
 )
 STAGES = ("train", "sample", "evaluate", "nearest")
 
@@ -96,7 +96,7 @@ def main() -> None:
                       "last loss", "class accuracy (512)", "FD_mnist5k", "sample's nearest training image",
                       "training image's nearest other", "closest training pair"], rows)
     report = (f"# The README's main job ({datetime.datetime.now().isoformat(timespec='seconds')})\n\n"
-              f"- machine: {machine_info()}\n- command: `{shlex.join(['python'] + sys.argv)}`\n"
+              f"- machine: {machine_info()}\n- command: `{command_line()}`\n"
               "- each command timed from process start to exit (imports, data loading and compilation included)\n"
               "- distances: RMS over pixels on the 0-255 scale, medians over the 100 grid samples\n"
               f"- FD_mnist5k of 512 real mnist5k images (drawn with seeds {seeds}) against the same reference: "

@@ -8,8 +8,8 @@ against the device's dense peak (training counts 3x the forward FLOPs).
 
 Run from the repository root:
 
-    python benchmarks/models.py                                   # batch 256, bf16, all six models (GPU/TPU)
-    python benchmarks/models.py --models EDT-S/2,DiT-S/2 --batch 8 --repeats 3   # small CPU run
+    python -m benchmarks.models                                   # batch 256, bf16, all six models (GPU/TPU)
+    python -m benchmarks.models --models EDT-S/2,DiT-S/2 --batch 8 --repeats 3   # small CPU run
 
 Writes ``benchmarks/results/models_<backend>.md`` and ``.json``.
 """
@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_utils import machine_info, md_table, random_model_inputs, time_call, write_results
 
+from benchmarks.bench_utils import command_line, machine_info, md_table, random_model_inputs, time_call, write_results
 from edt_jax.models import count_macs, create_model
 from edt_jax.models.convert import abstract_params
 
@@ -106,7 +104,7 @@ def main() -> None:
                       "compile s (fwd / train)"], rows)
     backend = jax.default_backend()
     report = (f"# Model benchmark ({backend})\n\n- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
-              f"- machine: {machine_info()}\n- command: `{shlex.join(['python'] + sys.argv)}`\n"
+              f"- machine: {machine_info()}\n- command: `{command_line()}`\n"
               f"- batch {args.batch}, {args.input_size}x{args.input_size}x4 latents, compute {args.dtype}, "
               f"float32 parameters; median of {args.repeats} runs after a warm-up\n"
               f"- GFLOPs = 2 x the official analytic MACs per image; MFU against a dense peak of "

@@ -1,6 +1,6 @@
 """Does a model reproduce its training images? Nearest-training-image distances of samples, for small datasets.
 
-    python benchmarks/nearest.py --samples /tmp/shapes_edt/samples.npz --workdir /tmp/shapes_edt
+    python -m benchmarks.nearest --samples /tmp/shapes_edt/samples.npz --workdir /tmp/shapes_edt
 
 Reads the samples ``launch.sample`` wrote (``samples``: float (N, H, W, C) in [-1, 1]) and the run's training
 source (``data.source`` in ``WORKDIR/config.json``, or ``--source``), renders every distinct training image
@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ lives at the repo root
-from bench_utils import md_table  # noqa: E402
-
-from edt_jax.data import create_source  # noqa: E402
-from launch.sample import to_uint8  # noqa: E402
+from benchmarks.bench_utils import md_table
+from edt_jax.data import create_source
+from edt_jax.data.pixels import to_uint8
 
 
 def distinct_images(spec: str, max_images: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Sample quality vs NFE of DDIM, DPM-Solver++ and UniPC on a model trained here (FD_shapes / FD_mnist5k).
 
-    python benchmarks/quality.py --workdir /tmp/shapes_edt --num_samples 512 --seeds 0,1 --nfe 5,6,8,10,15,20,25,50
+    python -m benchmarks.quality --workdir /tmp/shapes_edt --num_samples 512 --seeds 0,1 --nfe 5,6,8,10,15,20,25,50
 
 Every (sampler, NFE, guidance) cell generates ``--num_samples`` samples per seed from the same checkpoint and
 reports the mean and spread (min-max over seeds) of the offline Frechet distance in the shipped classifier's
@@ -11,19 +11,16 @@ Writes ``benchmarks/results/quality_<dataset>_<backend>[_<tag>].md/.json`` and, 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ and configs/ live at the repo root
-
-from bench_utils import machine_info, md_table, spread, write_results  # noqa: E402
-
-from edt_jax.metrics import extractors  # noqa: E402
-from edt_jax.metrics.frechet import FeatureStats  # noqa: E402
-from launch import evaluate, sample  # noqa: E402
+import edt_jax
+from benchmarks.bench_utils import command_line, machine_info, md_table, spread, write_results
+from edt_jax.metrics import extractors
+from edt_jax.metrics.frechet import FeatureStats
+from edt_jax.runs import Run
 
 # (label, sampler, order, variant)
 SAMPLERS = {
@@ -37,18 +34,19 @@ SAMPLERS = {
 }
 
 
-def score_samples(run, extractor, reference, num_samples: int, batch_size: int, seeds: list[int],
+def score_samples(run: Run, extractor, reference, num_samples: int, batch_size: int, seeds: list[int],
                   **sampling) -> dict[str, list[float]]:
     """Per sampling seed: the Frechet distance of ``num_samples`` samples (random labels) to ``reference``
     in ``extractor``'s features, and the fraction the extractor classifies as the label they were drawn for.
 
-    ``run`` is ``launch.evaluate.generate_samples``'s (config, model, diffusion, params, mesh); ``sampling``
-    holds ``launch.sample.make_generator``'s keyword arguments.
+    ``sampling`` holds ``Run.sample``'s options; each seed draws its labels and its batches' noise as
+    ``launch.evaluate`` does (``Run.sample(..., batch_size=batch_size)``).
     """
     class_head = extractor.spec.heads[0][0]  # the dataset's class: shape or digit
     scores = {"fd": [], "accuracy": []}
     for seed in seeds:
-        images, labels = evaluate.generate_samples(run, num_samples, batch_size, labels=None, seed=seed, **sampling)
+        labels = run.draw_labels(num_samples, seed)
+        images = run.sample(labels, seed=seed, batch_size=batch_size, as_uint8=True, **sampling)
         scores["fd"].append(FeatureStats.from_features(extractor.features(images)).frechet_distance(reference))
         scores["accuracy"].append(float(np.mean(extractor.predict(images)[class_head] == labels)))
     return scores
@@ -83,8 +81,8 @@ def main() -> None:
         parser.error(f"unknown samplers {unknown}; choose from {', '.join(SAMPLERS)}")
 
     start = time.time()
-    config, model, diffusion, state, step, mesh = sample.load_run(Path(args.workdir), None)
-    run = (config, model, diffusion, state.ema_params, mesh)
+    run = edt_jax.load_run(args.workdir)
+    config, step = run.config, run.step
     extractor = extractors.load_extractor(args.dataset)
     reference = extractors.dataset_stats(args.dataset, extractor=extractor)
     floor = data_floor(args.dataset, extractor, reference, args.num_samples)
@@ -118,7 +116,7 @@ def main() -> None:
     report = "\n".join([
         f"# Sample quality vs NFE ({extractor.metric_name}, lower is better)", "",
         f"- machine: {machine_info()}",
-        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        f"- command: `{command_line()}`",
         f"- model: `{args.workdir}` step {step} ({config.model.name}, EMA parameters, AMM "
         f"{'on' if args.amm else 'off'}), {args.num_samples} samples per seed, seeds {seeds}, random labels",
         f"- cells: mean over seeds (min-max); reference: {extractor.metric_name} statistics of "

@@ -1,6 +1,6 @@
 """At which noise level a trained model loses each factor of the data: noise real images, sample back, classify.
 
-    python benchmarks/recovery.py --workdir /tmp/shapes_edt --snr 10,3,1,0.3,0.1 --num_images 256
+    python -m benchmarks.recovery --workdir /tmp/shapes_edt --snr 10,3,1,0.3,0.1 --num_images 256
 
 For every signal-to-noise ratio SNR = alpha_bar / (1 - alpha_bar) in ``--snr`` the script noises the same
 held-out dataset images to the training timestep t nearest that SNR, runs the sampler from t down (with
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -30,15 +29,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # launch/ and configs/ live at the repo root
-
-from bench_utils import machine_info, md_table, write_results  # noqa: E402
-
-from edt_jax import samplers  # noqa: E402
-from edt_jax.diffusion import NoiseScheduleVP  # noqa: E402
-from edt_jax.diffusion.ddpm import predict_x0_from_eps, q_sample  # noqa: E402
-from edt_jax.metrics import extractors  # noqa: E402
-from launch import sample  # noqa: E402
+import edt_jax
+from benchmarks.bench_utils import command_line, machine_info, md_table, write_results
+from edt_jax import samplers
+from edt_jax.data.pixels import to_uint8
+from edt_jax.diffusion.ddpm import predict_x0_from_eps, q_sample
+from edt_jax.metrics import extractors
 
 
 def nearest_timestep(alphas_cumprod: np.ndarray, snr: float) -> int:
@@ -47,15 +43,16 @@ def nearest_timestep(alphas_cumprod: np.ndarray, snr: float) -> int:
     return int(np.argmin(np.abs(log_snr - math.log(snr))))
 
 
-def make_recover(model, params, diffusion, *, prediction: str, sampler: str, steps: int, order: int, amm: bool):
-    """``recover(x0 (N, H, W, C), labels (N,), t, key) -> (x0 estimate at t, regenerated images)``.
+def make_recover(run, *, sampler: str, steps: int, order: int, amm: bool):
+    """``recover(x0 (N, H, W, C), labels (N,), t, key) -> (x0 estimate at t, regenerated images)`` of a loaded
+    ``edt_jax.Run``.
 
     Noises ``x0`` to the discrete timestep ``t`` (None: pure noise at T), takes the network's one-step estimate
-    there, and runs ``sampler`` from t with ``steps * t / T`` steps (at least ``order``).
+    there, and runs ``sampler`` (``samplers.sample``) from t with ``steps * t / T`` steps (at least ``order``).
     """
-    ns = NoiseScheduleVP.discrete(betas=diffusion.betas)
-    model_type = sample.MODEL_TYPE_OF_PREDICTION[prediction]
-    num_timesteps = len(diffusion.betas)
+    model, params, ns = run.model, run.params, run.schedule
+    diffusion = ns.tables
+    num_timesteps = ns.total_N
     compiled = {}
 
     def build(t: int | None):
@@ -63,23 +60,24 @@ def make_recover(model, params, diffusion, *, prediction: str, sampler: str, ste
         n_steps = max(order, round(steps * t_start / ns.T))
 
         @jax.jit
-        def run(x0, labels, key):
+        def regenerate(x0, labels, key):
             def net(x, t_input):
                 return model.apply({"params": params}, x, t_input, labels, train=False, amm=amm)
 
-            model_fn = samplers.model_wrapper(net, ns, learned_sigma=model.learn_sigma, model_type=model_type)
             noise = jax.random.normal(key, x0.shape)
             if t is None:
                 x_t, estimate = noise, jnp.zeros_like(x0)
             else:
                 t_vec = jnp.full((x0.shape[0],), t)
                 x_t = q_sample(diffusion, x0, t_vec, noise)
+                model_fn = samplers.model_wrapper(net, ns, run.prediction, learned_sigma=model.learn_sigma)
                 eps = model_fn(x_t, jnp.full((x0.shape[0],), t_start))
                 estimate = predict_x0_from_eps(diffusion, x_t, t_vec, eps)
-            out = sample.solve(sampler, model_fn, x_t, ns, steps=n_steps, order=order, t_start=t_start)
+            out = samplers.sample(sampler, net, x_t, ns, steps=n_steps, prediction=run.prediction,
+                                  learned_sigma=model.learn_sigma, order=order, t_start=t_start)
             return estimate, jnp.clip(out, -1.0, 1.0)
 
-        return run
+        return regenerate
 
     def recover(x0, labels, t, key):
         if t not in compiled:
@@ -95,7 +93,7 @@ def main() -> None:
     parser.add_argument("--dataset", default="shapes", choices=sorted(extractors.SPECS))
     parser.add_argument("--snr", default="10,3,1,0.3,0.1", help="comma-separated signal-to-noise ratios")
     parser.add_argument("--num_images", type=int, default=256, help="held-out images (a random subset)")
-    parser.add_argument("--sampler", default="unipc", choices=sample.ODE_SAMPLERS)
+    parser.add_argument("--sampler", default="unipc", choices=samplers.ODE_SAMPLERS)
     parser.add_argument("--steps", type=int, default=20, help="steps of a full run from pure noise")
     parser.add_argument("--order", type=int, default=2)
     parser.add_argument("--amm", action=argparse.BooleanOptionalAction, default=True)
@@ -112,7 +110,8 @@ def main() -> None:
         parser.error(f"need --num_images >= 1 and --steps >= --order; got {args.num_images} and {args.steps}")
 
     start = time.time()
-    config, model, diffusion, state, step, _ = sample.load_run(Path(args.workdir), args.step)
+    run = edt_jax.load_run(args.workdir, args.step, use_ema=args.use_ema)
+    config, step = run.config, run.step
     extractor = extractors.load_extractor(args.dataset)
     heads = [name for name, _ in extractor.spec.heads]
     class_head = heads[0]
@@ -121,15 +120,13 @@ def main() -> None:
     images, factors = extractors.labelled_examples(args.dataset, indices)
     x0 = jnp.asarray(extractors.to_model_range(images))
     labels = jnp.asarray(factors[class_head], jnp.int32)
-    params = state.ema_params if args.use_ema else state.params
-    recover = make_recover(model, params, diffusion, prediction=config.loss.get("prediction", "eps"),
-                           sampler=args.sampler, steps=args.steps, order=args.order, amm=args.amm)
+    recover = make_recover(run, sampler=args.sampler, steps=args.steps, order=args.order, amm=args.amm)
 
     def head_scores(regenerated: np.ndarray) -> dict[str, float]:
-        pixels = sample.to_uint8(np.asarray(regenerated))
+        pixels = to_uint8(np.asarray(regenerated))
         return {k: float(v) for k, v in extractors.head_accuracy(extractor, pixels, factors).items()}
 
-    alphas_cumprod = np.asarray(diffusion.alphas_cumprod)
+    alphas_cumprod = np.asarray(run.schedule.alphas_cumprod)
     rows = [dict(name="originals", t=None, snr=None, x0_mse=None, mse=0.0, accuracy=head_scores(x0))]
     key = jax.random.key(args.seed)
     for snr in snrs + [None]:
@@ -153,9 +150,9 @@ def main() -> None:
     report = "\n".join([
         f"# Recovery of {args.dataset} factors from noised held-out images", "",
         f"- machine: {machine_info()}",
-        f"- command: `python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}`",
+        f"- command: `{command_line()}`",
         f"- model: `{args.workdir}` step {step} ({config.model.name}, {'EMA' if args.use_ema else 'raw'} parameters, "
-        f"AMM {'on' if args.amm else 'off'}, prediction {config.loss.get('prediction', 'eps')}); "
+        f"AMM {'on' if args.amm else 'off'}, prediction {run.prediction}); "
         f"{args.sampler} order {args.order}, {args.steps} steps from T scaled by t / T; {len(indices)} images",
         "- cells: fraction of regenerated images in which the shipped classifier finds the original's factor "
         "(circles' orientation is not scored); chance is 1 / number of values",

@@ -1,6 +1,6 @@
 """DP-IR on one task: every method and baseline on the same test images, and the tau sweep (quality vs NFE).
 
-    python benchmarks/restoration.py --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist \\
+    python -m benchmarks.restoration --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist \\
         --denoiser_workdir /tmp/mnist_edt --name mnist_sr4
 
 The networks must be trained first (``launch.restore --mode train_ir / train_fusion / train_ir_alt /
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from bench_utils import load_config, machine_info, md_table, spread, write_results
 
+from benchmarks.bench_utils import load_config, machine_info, md_table, spread, write_results
+from edt_jax.data.pixels import to_model_range, to_uint8
 from edt_jax.restoration import evaluation, image_keys
-from edt_jax.restoration.data import degrade, to_model_range
-from launch.dpir_builders import Restorers
-from launch.restore import config_degradation, source_images
+from edt_jax.restoration.build import Restorers
+from edt_jax.restoration.data import degrade
+from edt_jax.restoration.tasks import config_degradation, source_images
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,8 +98,6 @@ def samples_figure(x0: np.ndarray, y: np.ndarray, draws: dict, path: Path, count
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from edt_jax.restoration.data import to_uint8
 
     scale = x0.shape[1] // y.shape[1]
     rows = [("y", np.repeat(np.repeat(y, scale, 1), scale, 2))] + [(n, draws[n]) for n in FIGURE_ROWS if n in draws]

@@ -2,8 +2,8 @@
 
 Run from the repository root:
 
-    python benchmarks/samplers.py            # full run (about a minute on a 2-core CPU)
-    python benchmarks/samplers.py --quick    # smoke test
+    python -m benchmarks.samplers            # full run (about a minute on a 2-core CPU)
+    python -m benchmarks.samplers --quick    # smoke test
 
 Prints markdown tables and writes them to ``benchmarks/results/samplers_<backend>.md`` (and ``.json``).
 """
@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from bench_utils import machine_info, md_table, time_call, write_results
 
+from benchmarks.bench_utils import command_line, machine_info, md_table, time_call, write_results
 from edt_jax import samplers
 from edt_jax.diffusion.analytic import GaussianMixture
 from edt_jax.diffusion.schedules import NoiseScheduleVP
@@ -48,7 +46,7 @@ TIMING_SAMPLERS: dict[str, Callable] = {
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--fixture", default="../shared/fixtures/samplers_reference.npz",
+    p.add_argument("--fixture", default="tests/fixtures/samplers_reference.npz",
                    help="npz with gmm_means/gmm_stds/gmm_weights (relative to the repo root)")
     p.add_argument("--skip_types", default="time_uniform,logSNR",
                    help="comma-separated time grids for the error tables (time_uniform, logSNR, time_quadratic)")
@@ -195,7 +193,7 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     header = (f"# Sampler benchmarks ({backend})\n\n"
               f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n- machine: {machine_info()}\n"
-              f"- command: `{shlex.join(['python'] + sys.argv)}`{' (quick mode)' if args.quick else ''}\n"
+              f"- command: `{command_line()}`{' (quick mode)' if args.quick else ''}\n"
               f"- precision: float64 for (a), float32 for (b)\n- total runtime: {elapsed:.0f} s\n")
     report = "\n\n".join([header] + [text for text, _ in errors.values()] + [timing_text]) + "\n"
     print(report)

@@ -1,15 +1,16 @@
 """EDT vs MDTv2 vs DiT, side by side in one process: inference and full training steps, with the paper's ratios.
 
-    python benchmarks/speed.py                                       # CPU: S and B at batch 8, float32
-    python benchmarks/speed.py --batch 256 --dtype bfloat16 --models EDT-S/2,MDTv2-S/2,DiT-S/2,EDT-B/2,\
+    python -m benchmarks.speed                                       # CPU: S and B at batch 8, float32
+    python -m benchmarks.speed --batch 256 --dtype bfloat16 --models EDT-S/2,MDTv2-S/2,DiT-S/2,EDT-B/2,\
 MDTv2-B/2,DiT-B/2,EDT-XL/2,MDTv2-XL/2,DiT-XL/2                       # one GPU (docs/mdt.md)
-    python benchmarks/speed.py --before_after 8debe11 --models EDT-S/2 --steps 5   # training step vs a commit
+    python -m benchmarks.speed --before_after REV --models EDT-S/2 --steps 5       # training step vs a commit
 
 Inference: the jitted eval forward (EDT with its AMM blocks). Training: one jitted step of the library's
 trainer (losses, gradients, AdamW, EMA), EDT and MDTv2 with their masked second pass (MDTv2's encoder
 on its padded kept tokens), DiT plain. On 32x32x4 latents (ImageNet 256), synthetic data. Achieved FLOP/s
 count 2 x the analytic MACs of ``count_macs`` per pass (x 3 for training). ``--before_after REV`` times the
-training step of this checkout and of commit REV (a git worktree) in alternating subprocesses.
+training step of this checkout and of commit REV (a git worktree) in alternating subprocesses: this checkout's
+benchmark code on each side's library (``PYTHONPATH=<that root>``); REV must have ``edt_jax/runs/build.py``.
 Writes ``benchmarks/results/speed_<backend>[_<tag>].md/.json``.
 """
 
@@ -19,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
@@ -27,19 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
+
+import edt_jax
+from benchmarks.bench_utils import command_line, machine_info, md_table, random_model_inputs, time_call, write_results
+from benchmarks.models import device_peak_tflops
+from benchmarks.train import measure, paper_config
+from edt_jax.models import count_macs, create_model
+
 REPO = Path(__file__).resolve().parents[1]
-if os.environ.get("EDT_JAX_LIBRARY_ROOT"):  # --before_after's subprocess: the other commit's library
-    sys.path.insert(0, os.environ["EDT_JAX_LIBRARY_ROOT"])
-    import configs  # noqa: F401,E402  (cached before train.py puts this checkout first on the path)
-    import edt_jax  # noqa: F401,E402
-    import launch  # noqa: F401,E402
-
-import jax  # noqa: E402
-from bench_utils import machine_info, md_table, random_model_inputs, time_call, write_results  # noqa: E402
-from models import device_peak_tflops  # noqa: E402
-from train import measure, paper_config  # noqa: E402
-
-from edt_jax.models import count_macs, create_model  # noqa: E402
 
 CPU_MODELS = ("EDT-S/2", "MDTv2-S/2", "DiT-S/2", "EDT-B/2", "MDTv2-B/2", "DiT-B/2")
 # EDT's speed-ups over MDTv2 in the paper (Table 1: training / inference speed, S, B, XL).
@@ -137,6 +133,28 @@ def report_tables(results: dict) -> str:
     return f"{table}\n\nSpeed ratios (images/s of EDT over the baseline):\n\n{ratios}\n"
 
 
+def time_sides(args, roots: dict[str, Path], tmp: Path) -> dict[str, list[dict]]:
+    """``--rounds`` alternating ``--json_out`` runs per side: each a fresh ``python -m benchmarks.speed`` of THIS
+    checkout's benchmark code on the library (``edt_jax``, ``configs``) of that side's root. The process starts in
+    a folder holding only a link to this checkout's ``benchmarks`` (``-m`` puts the working directory first on
+    ``sys.path``), with ``PYTHONPATH=<root>`` after it."""
+    harness = tmp / "harness"
+    harness.mkdir(exist_ok=True)
+    if not (harness / "benchmarks").exists():
+        (harness / "benchmarks").symlink_to(REPO / "benchmarks", target_is_directory=True)
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    times = {label: [] for label in roots}
+    for _ in range(args.rounds):
+        for label, root in roots.items():
+            out = tmp / f"{label}.json"
+            cmd = [sys.executable, "-m", "benchmarks.speed", "--models", args.models, "--batch", str(args.batch),
+                   "--dtype", args.dtype, "--steps", str(args.steps), "--json_out", str(out)]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *inherited])}
+            subprocess.run(cmd, check=True, cwd=harness, env=env)
+            times[label].append(json.loads(out.read_text()))
+    return times
+
+
 def before_after(args) -> tuple[str, dict]:
     """Training steps of this checkout and of ``args.before_after``, alternating subprocesses."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -144,14 +162,11 @@ def before_after(args) -> tuple[str, dict]:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(old), args.before_after],
                        check=True, capture_output=True)
         try:
-            times = {"before": [], "after": []}
-            for _ in range(args.rounds):
-                for label, root in (("before", old), ("after", REPO)):
-                    out = Path(tmp) / f"{label}.json"
-                    cmd = [sys.executable, __file__, "--models", args.models, "--batch", str(args.batch), "--dtype",
-                           args.dtype, "--steps", str(args.steps), "--json_out", str(out)]
-                    subprocess.run(cmd, check=True, env={**os.environ, "EDT_JAX_LIBRARY_ROOT": str(root)})
-                    times[label].append(json.loads(out.read_text()))
+            if not (old / "edt_jax" / "runs" / "build.py").is_file():
+                raise SystemExit(f"--before_after {args.before_after}: that revision has no edt_jax/runs/build.py, "
+                                 f"which this benchmark builds its training step with; compare against a revision "
+                                 f"that has it")
+            times = time_sides(args, {"before": old, "after": REPO}, Path(tmp))
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], check=False)
     rows, payload = [], {}
@@ -174,10 +189,11 @@ def main() -> None:
     backend = jax.default_backend()
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if args.json_out:
+        print(f"library: {Path(edt_jax.__file__).parent}", flush=True)
         Path(args.json_out).write_text(json.dumps(run_models(args, names, peak)))
         return
     header = (f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n- machine: {machine_info()}\n"
-              f"- command: `{shlex.join(['python'] + sys.argv)}`\n- batch {args.batch}, 32x32x4 latents, compute "
+              f"- command: `{command_line()}`\n- batch {args.batch}, 32x32x4 latents, compute "
               f"{args.dtype}, float32 parameters; median of {args.steps} runs after a warm-up\n")
     if args.before_after:
         table, payload = before_after(args)

@@ -1,7 +1,7 @@
 """Training throughput: images/s, step time and MFU of whole jitted train steps (loss, grads, Adan, EMA).
 
-    python benchmarks/train.py                      # the tiny CPU configs; on a GPU also EDT-S/B and DiT-S/B
-    python benchmarks/train.py --models EDT-S/2 --batch 256 --dtype bfloat16
+    python -m benchmarks.train                      # the tiny CPU configs; on a GPU also EDT-S/B and DiT-S/B
+    python -m benchmarks.train --models EDT-S/2 --batch 256 --dtype bfloat16
 
 Tiny configs run as configured (shapes_edt_tiny, mnist_edt_tiny); the paper models run on synthetic
 32x32x4 latents at ``--batch`` in ``--dtype`` with EDT's masked pass for EDT. FLOPs per image count
@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
-from bench_utils import machine_info, md_table, write_results
-from models import device_peak_tflops
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # configs/ and launch/ live at the repo root
-from configs import base, mnist_edt_tiny, shapes_edt_tiny  # noqa: E402
-from edt_jax.models import count_macs  # noqa: E402
-from edt_jax.training import sharding  # noqa: E402
-from edt_jax.training.step import compile_train_step, make_train_step  # noqa: E402
-from edt_jax.training.train_state import create_train_state  # noqa: E402
-from launch import builders  # noqa: E402
+from benchmarks.bench_utils import command_line, machine_info, md_table, write_results
+from benchmarks.models import device_peak_tflops
+from configs import base, mnist_edt_tiny, shapes_edt_tiny
+from edt_jax.models import count_macs
+from edt_jax.runs import build
+from edt_jax.training import sharding
+from edt_jax.training.step import compile_train_step, make_train_step
+from edt_jax.training.train_state import create_train_state
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,15 +48,15 @@ def paper_config(name: str, batch: int, dtype: str):
 
 
 def measure(label: str, config, steps: int, peak: float | None) -> dict:
-    mesh = builders.build_mesh(config)
-    model = builders.build_model(config)
-    tx = builders.build_optimizer(config)
+    mesh = build.build_mesh(config)
+    model = build.build_model(config)
+    tx = build.build_optimizer(config)
     size, channels, batch = model.input_size, model.in_channels, config.batch_size
     example = (jax.ShapeDtypeStruct((1, size, size, channels), np.float32),
                jax.ShapeDtypeStruct((1,), np.float32), jax.ShapeDtypeStruct((1,), np.int32))
     state, shardings = create_train_state(model, tx, jax.random.key(0), example, mesh)
-    step = compile_train_step(make_train_step(model, tx, builders.build_diffusion(config),
-                                              builders.build_loss_config(config, model)),
+    step = compile_train_step(make_train_step(model, tx, build.build_schedule(config).tables,
+                                              build.build_loss_config(config, model)),
                               shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh))
     rng = np.random.default_rng(0)
     data = {"image": rng.standard_normal((batch, size, size, channels), np.float32),
@@ -111,7 +107,7 @@ def main() -> None:
     table = md_table(["run", "batch", "dtype", "masked pass", "step ms", "img/s", "MFU", "compile s"], rows)
     report = (f"# Training throughput ({jax.default_backend()})\n\n"
               f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n- machine: {machine_info()}\n"
-              f"- command: `{shlex.join(['python'] + sys.argv)}`\n- median of {args.steps} steps after warm-up; "
+              f"- command: `{command_line()}`\n- median of {args.steps} steps after warm-up; "
               f"synthetic data; step = losses + grads + optimizer + EMA\n"
               f"- total runtime: {time.perf_counter() - start:.0f} s\n\n{table}\n")
     print(report)

@@ -7,8 +7,8 @@ images), each jit-compiled at the given batch size on the current default device
 
 Run from the repository root:
 
-    python benchmarks/vae.py                      # batch 32, bf16 and fp32, 10 repeats (GPU/TPU)
-    python benchmarks/vae.py --quick              # batch 1, one repeat: a CPU smoke run
+    python -m benchmarks.vae                      # batch 32, bf16 and fp32, 10 repeats (GPU/TPU)
+    python -m benchmarks.vae --quick              # batch 1, one repeat: a CPU smoke run
 
 Writes ``benchmarks/results/vae_<backend>.md`` and ``.json``.
 """
@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import statistics
-import sys
 import time
 
 import jax
 import numpy as np
-from bench_utils import machine_info, md_table, time_call, write_results
 
+from benchmarks.bench_utils import command_line, machine_info, md_table, time_call, write_results
 from edt_jax.models.vae import abstract_vae_params, create_vae
 
 
@@ -83,7 +81,7 @@ def main() -> None:
     backend = jax.default_backend()
     latent = args.size // 8
     report = (f"# VAE benchmark ({backend})\n\n- date: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
-              f"- machine: {machine_info()}\n- command: `{shlex.join(['python'] + sys.argv)}`\n"
+              f"- machine: {machine_info()}\n- command: `{command_line()}`\n"
               f"- SD VAE layout ({params:,} parameters, random values, float32 parameters), batch {args.batch}, "
               f"{args.size}x{args.size}x3 images <-> {latent}x{latent}x4 latents; median of {args.repeats} "
               f"run(s) after a warm-up\n"
