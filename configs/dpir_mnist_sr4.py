@@ -3,7 +3,7 @@
     python -m launch.train --config configs/mnist_edt_tiny.py --workdir /tmp/mnist_edt       # the denoiser
     python -m launch.restore --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist --mode train_ir \\
         --config.denoiser_workdir=/tmp/mnist_edt        # then --mode train_fusion, then --mode evaluate
-    python benchmarks/restoration.py --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist \\
+    python -m benchmarks.restoration --config configs/dpir_mnist_sr4.py --workdir /tmp/dpir_mnist \\
         --denoiser_workdir /tmp/mnist_edt --name mnist_sr4        # docs/dpir.md
 
 ``get_config("xt")``: the fusion net also takes x_t.

@@ -3,7 +3,7 @@
     python -m launch.train --config configs/dpir_photos_denoiser.py --workdir /tmp/dpir/denoiser32
     python -m launch.restore --config configs/dpir_photos_sr4.py --workdir /tmp/dpir/sr4 --mode train_ir \\
         --config.denoiser_workdir=/tmp/dpir/denoiser32    # then --mode train_fusion, then --mode evaluate
-    python benchmarks/restoration.py --config configs/dpir_photos_sr4.py --workdir /tmp/dpir/sr4 \\
+    python -m benchmarks.restoration --config configs/dpir_photos_sr4.py --workdir /tmp/dpir/sr4 \\
         --denoiser_workdir /tmp/dpir/denoiser32 --name photos32_sr4    # docs/dpir.md
 
 ``get_config("64")``: 64x64 patches with the paper's fusion net (width 64, 8 blocks: 0.64M parameters) and a

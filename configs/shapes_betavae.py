@@ -22,7 +22,7 @@ def get_config(arg=None):
         beta=4.0,
         encoder_widths=(32, 64, 64, 128),
     ))
-    c.total_steps = 1500  # about DisDiff's wall-clock budget on the 2-core CPU (docs/disdiff.md)
+    c.total_steps = 1500  # about DisDiff's wall-clock training budget (docs/disdiff.md)
     if arg == "test":
         disentangle_test_variant(c)
         c.model.update(dict(latent_dim=4, encoder_widths=(8, 8, 8, 8)))

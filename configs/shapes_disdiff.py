@@ -30,12 +30,13 @@ def get_config(arg=None):
         code_dim=32,  # d, as the official configs
         encoder_widths=(32, 64, 64, 128),  # stride-2 convs 32 -> 2, then a linear layer to N * d
         decoder_widths=(32, 64),  # sub-gradient decoder on 4x4 pixel blocks (the DPM's patches): 8x8 and 4x4
-        patch_size=4,  # 2x2 blocks ran at a third of the speed on the 2-core CPU
+        patch_size=4,  # the frozen DPM's patch size; 2x2 blocks would mean four times the positions
         embed_dim=64,  # rows of the orthogonal factor embedding expm(W^T - W)
         dis_weight=0.0 if arg == "lambda0" else 0.05,  # lambda; the official README runs 0.05
     ))
     c.total_steps = 600  # a CPU budget (docs/disdiff.md)
-    # DCI on the N * d = 224 raw entries takes minutes on a CPU: it runs on the PCA protocol's N codes only.
+    # DCI on the N * d = 224 raw entries is slow (one boosted-tree fit per factor over 224 features): it runs on
+    # the PCA protocol's N codes only.
     c.eval.raw_metrics = ("factor_vae", "mig")
     # 32 sources (the "what changes" table), the first grid_columns of them in the grid.
     c.swap = ml_collections.ConfigDict(dict(num_images=32, grid_columns=8, sampler="ddim", steps=20, seed=0,

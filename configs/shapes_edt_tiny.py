@@ -1,14 +1,13 @@
-"""A tiny EDT on the embedded shapes dataset, about 15 minutes on a 2-core CPU.
+"""A tiny class-conditional EDT on the embedded shapes dataset.
 
     python -m launch.train --config configs/shapes_edt_tiny.py --workdir /tmp/shapes_edt
     python -m launch.sample --workdir /tmp/shapes_edt --sampler unipc --steps 20 --num_samples 64 \\
         --output /tmp/shapes_edt/samples.png
     python -m launch.evaluate --workdir /tmp/shapes_edt --num_samples 512 --metrics acc_shapes,fd_shapes,pr_shapes
 
-This was the README's main job; the README's main job is now ``configs/mnist_edt_quick.py``. The default trains for
-6,000 steps on ``MAIN_JOB_SLICE`` (78 distinct images); ``get_config("full")`` is the recipe on the whole dataset
-(110,592 images) for 4,000 steps; ``get_config("test")`` is a few-step variant for the tests. The runs, their
-samples and the measurements behind each setting: docs/shapes_main_job.md.
+The default trains for 6,000 steps on ``MAIN_JOB_SLICE`` (78 distinct images); ``get_config("full")`` is the recipe
+on the whole dataset (110,592 images) for 4,000 steps; ``get_config("test")`` is a few-step variant for the tests.
+How to run it and its results: docs/shapes_main_job.md; what each setting rests on: docs/reports/shapes_recipe.md.
 """
 
 from configs.base import base_config, decay_over_the_run
@@ -21,7 +20,7 @@ def get_config(arg=None):
     if arg not in (None, "", "full", "test"):
         raise ValueError(f"shapes_edt_tiny: unknown variant {arg!r}; use none (the 78-image slice), full or test")
     c = base_config()
-    # Why each setting: docs/shapes_main_job.md, "What the config's choices rest on".
+    # Why each setting: docs/reports/shapes_recipe.md, "What the config's settings rest on".
     c.total_steps = 4000 if arg == "full" else 6000
     c.batch_size = 32
     c.log_every_steps = 100
