@@ -144,3 +144,27 @@ def test_readme_main_job_runs_as_written(tmp_path):
     assert 0 <= namespace["report"]["metrics"]["class_accuracy_mnist5k"] <= 1
     x_t = np.zeros((2, 32, 32, 1), np.float32)
     assert namespace["denoise"](namespace["run"].params, x_t, np.full(2, 500.0, np.float32)).shape == x_t.shape
+
+
+def test_every_relative_link_of_the_docs_resolves():
+    pages = [README, REPO / "CHANGELOG.md", REPO / "tests" / "fixtures" / "README.md",
+             *sorted((REPO / "docs").rglob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO)} -> {target}")
+    assert not broken, broken
+
+
+def test_the_repository_stands_alone():
+    """Nothing the repository ships reads from beside it (the reference fixtures live in tests/fixtures)."""
+    outside = "../" + "shared"
+    offenders = [str(path.relative_to(REPO)) for folder in ("edt_jax", "launch", "configs", "benchmarks", "docs",
+                                                            "notebooks", "tests")
+                 for path in (REPO / folder).rglob("*") if path.is_file() and path.suffix in {".py", ".md", ".json",
+                                                                                             ".ipynb", ".toml"}
+                 and outside in path.read_text(errors="ignore")]
+    offenders += [name for name in ("README.md", "setup.py", "pyproject.toml", "CHANGELOG.md")
+                  if outside in (REPO / name).read_text()]
+    assert not offenders, offenders
