@@ -32,7 +32,7 @@ def main(argv):
     f = flags.FLAGS
     try:
         run = edt_jax.load_run(f.workdir, f.step, f.use_ema, vae_path=f.vae)
-        num = f.num_samples if f.num_samples is not None else run.config.sample.get("num_samples", 64)
+        num = run.default_num_samples if f.num_samples is None else f.num_samples
         labels = run.resolve_labels(common.parse_labels(f.labels), num, f.seed)
         samples = run.sample(labels, seed=f.seed, decode=False, **common.sampling_options())
         decode, latents = run.decoder(), None

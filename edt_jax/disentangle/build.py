@@ -28,7 +28,7 @@ from edt_jax.checks import check_choice
 from edt_jax.disentangle.baselines import beta_vae_loss
 from edt_jax.disentangle.disdiff import DisDiff
 from edt_jax.disentangle.networks import BetaVAE, Encoder, SubGradientDecoder
-from edt_jax.runs import Run, load_run
+from edt_jax.runs import Run, load_frozen_run
 from edt_jax.runs.build import build_mesh, build_optimizer
 from edt_jax.training import sharding
 from edt_jax.training.checkpoint import CONFIG_FILENAME
@@ -90,12 +90,7 @@ def trained_dpm_workdir(workdir) -> str:
 def load_dpm(workdir, shape: tuple[int, int, int]) -> Run:
     """The frozen DPM: the ``launch.train`` run in ``workdir``, trained on ``shape`` (H, W, C) images (one-line
     errors otherwise)."""
-    workdir = Path(workdir).expanduser()
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"the DPM workdir {workdir} does not exist; give a launch.train run directory")
-    run = load_run(workdir)
-    run.check_image_shape(shape, role="DPM", user="this config disentangles")
-    return run
+    return load_frozen_run(Path(workdir).expanduser(), shape, role="DPM", user="this config disentangles")
 
 
 def build_method(config: ml_collections.ConfigDict, dpm_workdir: Path | None = None) -> Method:

@@ -30,7 +30,7 @@ from edt_jax.restoration.baselines import ddnm_model
 from edt_jax.restoration.data import check_estimate_shape
 from edt_jax.restoration.degradations import image_keys, pseudo_inverse
 from edt_jax.restoration.networks import FusionNet, NAFNet, count_params, lift
-from edt_jax.runs import Run, load_run
+from edt_jax.runs import Run, load_frozen_run
 from edt_jax.runs.build import build_schedule
 from edt_jax.training import sharding
 from edt_jax.training.loop import LoopOptions, TrainResult, train
@@ -137,12 +137,8 @@ def load_denoiser(config: ml_collections.ConfigDict, image_shape: tuple[int, ...
     if not config.denoiser_workdir:
         raise ValueError("config.denoiser_workdir is empty; give a launch.train run on the same images "
                          "(--config.denoiser_workdir=DIR)")
-    workdir = Path(config.denoiser_workdir).expanduser()
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"the denoiser workdir {workdir} does not exist; give a launch.train run directory")
-    run = load_run(workdir)
-    run.check_image_shape(image_shape, role="denoiser", user="this config restores")
-    return run
+    return load_frozen_run(Path(config.denoiser_workdir).expanduser(), image_shape, role="denoiser",
+                           user="this config restores")
 
 
 class Restorer:

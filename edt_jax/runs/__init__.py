@@ -8,7 +8,7 @@
 ``build`` turns configs into library objects; ``generate`` holds the compiled, sharded sampling.
 """
 
-from edt_jax.runs.run import Run, load_run
+from edt_jax.runs.run import Run, load_frozen_run, load_run
 from edt_jax.runs.training import train
 
-__all__ = ["Run", "load_run", "train"]
+__all__ = ["Run", "load_frozen_run", "load_run", "train"]

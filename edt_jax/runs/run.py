@@ -82,6 +82,11 @@ class Run:
         return self.model.num_classes
 
     @property
+    def default_num_samples(self) -> int:
+        """How many samples a call draws when it names no count: the config's ``sample.num_samples``."""
+        return self.config.get("sample", {}).get("num_samples", 64)
+
+    @property
     def is_latent(self) -> bool:
         """A latent-space run (not 1 or 3 channels): samples go through the run's VAE when it has one."""
         return self.model.in_channels not in (1, 3)
@@ -127,8 +132,7 @@ class Run:
         """The (N,) labels of a ``sample`` call: ``labels`` cycled to ``num_samples`` (default: as many as given),
         or drawn with ``seed``; one-line errors for labels outside [0, num_classes)."""
         if labels is None:
-            num = num_samples if num_samples is not None else self.config.get("sample", {}).get("num_samples", 64)
-            return self.draw_labels(num, seed)
+            return self.draw_labels(self.default_num_samples if num_samples is None else num_samples, seed)
         given = np.asarray(labels, np.int64).reshape(-1)
         if given.size == 0 or given.min() < 0 or given.max() >= self.num_classes:
             raise ValueError(f"labels must be in [0, {self.num_classes}), got {given.tolist()}")
@@ -163,22 +167,20 @@ class Run:
         labels = self.resolve_labels(labels, num_samples, seed)
         generate = self.generator(return_trajectory=return_trajectory, **options)
         decode_fn = self.decoder() if decode else None
-        if return_trajectory:
-            if batch_size is not None or decode_fn is not None:
-                raise ValueError("return_trajectory gives one batch of undecoded states: use it without batch_size "
-                                 "and with decode=False for a latent run")
-            padded = round_up(len(labels), self.batch_devices)
-            samples, trajectory = generate(self.params, np.resize(labels, padded), seed)
-            trimmed = jax.tree.map(lambda a: a[:, :len(labels)] if a.ndim > 1 else a, trajectory)
-            samples = samples[:len(labels)]
-            return (to_uint8(samples) if as_uint8 else samples), trimmed
-        if batch_size is None:
-            padded = round_up(len(labels), self.batch_devices)
-            samples = generate(self.params, np.resize(labels, padded), seed)[:len(labels)]
-            samples = decode_fn(samples) if decode_fn is not None else samples
-            return to_uint8(samples) if as_uint8 else samples
-        return sample_in_batches(generate, self.params, labels, batch_size, seed, self.mesh, decode=decode_fn,
-                                 as_uint8=as_uint8)
+        if return_trajectory and (batch_size is not None or decode_fn is not None):
+            raise ValueError("return_trajectory gives one batch of undecoded states: use it without batch_size "
+                             "and with decode=False for a latent run")
+        if batch_size is not None:
+            return sample_in_batches(generate, self.params, labels, batch_size, seed, self.mesh, decode=decode_fn,
+                                     as_uint8=as_uint8)
+        num = len(labels)
+        out = generate(self.params, np.resize(labels, round_up(num, self.batch_devices)), seed)
+        samples, trajectory = out if return_trajectory else (out, None)
+        samples = samples[:num] if decode_fn is None else decode_fn(samples[:num])
+        samples = to_uint8(samples) if as_uint8 else samples
+        if trajectory is None:
+            return samples
+        return samples, jax.tree.map(lambda a: a[:, :num] if a.ndim > 1 else a, trajectory)
 
     @property
     def batch_devices(self) -> int:
@@ -194,7 +196,7 @@ class Run:
         IS). Returns the report ``launch.evaluate`` writes: the sampling options, ``metrics`` and ``seconds``.
         ``samples_path`` also writes the images as an ADM-evaluator ``.npz`` (arr_0 uint8, arr_1 labels)."""
         sampling = self.sampling_options(**options)
-        num = num_samples if num_samples is not None else self.config.get("sample", {}).get("num_samples", 64)
+        num = self.default_num_samples if num_samples is None else num_samples
         labels = self.resolve_labels(labels, num, seed)
         start = time.time()
         images = self.sample(labels, seed=seed, batch_size=batch_size, as_uint8=True, **options)
@@ -238,6 +240,17 @@ class Run:
         if tuple(image_shape) != self.image_shape:
             raise ValueError(f"the {role} in {self.workdir} was trained on {self.image_shape} images, {user} "
                              f"{tuple(image_shape)} images; train one on the same image size and channels")
+
+
+def load_frozen_run(workdir, image_shape: Sequence[int], *, role: str, user: str) -> Run:
+    """The run in ``workdir`` as the frozen network of another system (DP-IR's denoiser, DisDiff's DPM): one-line
+    errors naming ``role`` when the directory is missing or the run was not trained on ``image_shape`` (H, W, C)
+    images (``user`` says who needs them, e.g. "this config restores")."""
+    if not epath.Path(build.expand_path(str(workdir))).is_dir():
+        raise FileNotFoundError(f"the {role} workdir {workdir} does not exist; give a launch.train run directory")
+    run = load_run(workdir)
+    run.check_image_shape(image_shape, role=role, user=user)
+    return run
 
 
 def load_run(workdir, step: int | None = None, use_ema: bool | None = True, *, vae_path: str | None = None,

@@ -70,9 +70,6 @@ def start_timesteps(diffusion: DiscreteDiffusion, t_start: float | None) -> int:
 
 def _check_args(diffusion, steps, variance, x_T, available: int) -> None:
     """Raise a one-line ValueError for bad user input, before anything is traced."""
-    if diffusion.is_respaced:
-        raise ValueError(f"diffusion is already respaced ({diffusion.num_steps} steps with timestep_map "
-                         f"{diffusion.timestep_map[:3].tolist()}...); pass the original diffusion and choose steps=")
     is_int = isinstance(steps, (int, np.integer)) and not isinstance(steps, bool)
     if not is_int or not 1 <= steps <= available:
         what = "the diffusion's number of timesteps" if available == diffusion.num_steps else \
@@ -127,7 +124,10 @@ def ddpm(model: Callable[[jax.Array, jax.Array], jax.Array], x_T: jax.Array, sch
     if key is None:
         raise ValueError("ddpm draws fresh noise at every step: pass key=jax.random.key(...)")
     diffusion = as_tables(schedule)
-    available = start_timesteps(diffusion, t_start) if not diffusion.is_respaced else diffusion.num_steps
+    if diffusion.is_respaced:
+        raise ValueError(f"diffusion is already respaced ({diffusion.num_steps} steps with timestep_map "
+                         f"{diffusion.timestep_map[:3].tolist()}...); pass the original diffusion and choose steps=")
+    available = start_timesteps(diffusion, t_start)
     _check_args(diffusion, steps, variance, x_T, available)
     steps = int(steps)
     if available < diffusion.num_steps:  # the first n timesteps: the chain starts at timestep n - 1

@@ -61,12 +61,12 @@ def sample(sampler: str, network: Callable, x_T: jax.Array, schedule, *, steps: 
     ns = as_schedule(schedule)
     if sampler == "ddpm":
         prediction = check_prediction(prediction, PREDICTIONS)
-        net = guided_network(network, condition=condition, unconditional_condition=unconditional_condition,
-                             guidance_scale=guidance_scale, learned_sigma=learned_sigma)
         if variance is None:
             variance = "learned_range" if learned_sigma else "fixed_small"
-        elif variance != "learned_range" and learned_sigma:
-            net = _prediction_channels(net)
+        if learned_sigma and variance != "learned_range":  # a fixed variance reads the prediction channels only
+            network = _prediction_channels(network)
+        net = guided_network(network, condition=condition, unconditional_condition=unconditional_condition,
+                             guidance_scale=guidance_scale)
         return ddpm(net, x_T, ns, key=key, steps=steps, variance=variance, prediction=prediction, t_start=t_start,
                     return_trajectory=return_trajectory)
     prediction = check_prediction(prediction, SAMPLER_PREDICTIONS)
@@ -103,10 +103,7 @@ def solve(sampler: str, model_fn, x: jax.Array, ns, *, steps: int, order: int, v
 def _prediction_channels(network: Callable) -> Callable:
     """The first half of a learned-sigma network's channels, for a ddpm run with a fixed variance."""
 
-    def net(x, t_input, **step):
-        out = network(x, t_input, **step)
-        return out[..., : x.shape[-1]]
+    def net(x, t_input, *cond):
+        return network(x, t_input, *cond)[..., : x.shape[-1]]
 
-    for attr, value in vars(network).items():  # the per-call guidance markers
-        setattr(net, attr, value)
     return net

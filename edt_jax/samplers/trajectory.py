@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edt_jax.diffusion.ddpm import space_timesteps
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 from edt_jax.samplers import validation
 
@@ -60,8 +61,6 @@ def call_timesteps(ns: NoiseScheduleVP, steps: int, skip_type: str = "time_unifo
     given in training timesteps are placed with it.
     """
     if sampler == "ddpm":
-        from edt_jax.diffusion.ddpm import space_timesteps  # noqa: PLC0415 (ddpm's tables are its only user here)
-
         if t_start is not None or t_end is not None:
             raise ValueError("call_timesteps of ddpm covers the full chain; t_start / t_end apply to the ODE samplers")
         return np.asarray(sorted(space_timesteps(ns.total_N, str(steps)), reverse=True), np.float64)

@@ -33,10 +33,10 @@ def _per_sample(v: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def output_to_noise(output: jax.Array, x: jax.Array, t_continuous: jax.Array, ns: NoiseScheduleVP,
-                    prediction: str = "eps", *, model_type: str | None = None) -> jax.Array:
+                    prediction: str | None = None, *, model_type: str | None = None) -> jax.Array:
     """Convert a network output of ``prediction`` ("eps" | "x0" | "v" | "score") at (x, t) (B, ...) into a
     noise prediction; ``t_continuous`` is the samplers' time."""
-    prediction = resolve_prediction(prediction if model_type is None else None, model_type)
+    prediction = resolve_prediction(prediction, model_type)
     if prediction == "eps":
         return output
     alpha = _per_sample(ns.marginal_alpha(t_continuous), x).astype(x.dtype)
@@ -160,14 +160,13 @@ def model_wrapper(model: Callable, ns: NoiseScheduleVP, prediction: str | None =
     return classifier_free(network_eps, guidance_type, condition, unconditional_condition, guidance_scale, combine)
 
 
-def guided_network(model: Callable, *, condition=None, unconditional_condition=None, guidance_scale=1.0,
-                   learned_sigma: bool = False) -> Callable:
+def guided_network(model: Callable, *, condition=None, unconditional_condition=None, guidance_scale=1.0) -> Callable:
     """``net(x, t_input) -> raw output`` of ``model(x, t_input[, cond])`` with classifier-free guidance on its
     prediction channels, for the ancestral ``ddpm`` sampler, which reads the network's raw output.
 
     The first C channels (C = x's) are guided, eps_u + s (eps_c - eps_u) in the network's own prediction (an
-    affine function of eps, so the result equals guiding eps); with ``learned_sigma`` the variance channels are
-    the conditional pass's (DiT's ``forward_with_cfg``). ``guidance_scale`` as ``model_wrapper``'s; without a
+    affine function of eps, so the result equals guiding eps); further channels (a learned variance) are the
+    conditional pass's (DiT's ``forward_with_cfg``). ``guidance_scale`` as ``model_wrapper``'s; without a
     ``condition`` the network is called unconditionally.
     """
     guidance_type = "uncond" if condition is None else "classifier-free"
@@ -178,7 +177,7 @@ def guided_network(model: Callable, *, condition=None, unconditional_condition=N
     def combine(x, out_u, out_c, scale):
         channels = x.shape[-1]
         guided = out_u[..., :channels] + scale * (out_c[..., :channels] - out_u[..., :channels])
-        return jnp.concatenate([guided, out_c[..., channels:]], axis=-1) if learned_sigma else guided
+        return jnp.concatenate([guided, out_c[..., channels:]], axis=-1) if out_c.shape[-1] > channels else guided
 
     return classifier_free(call, guidance_type, condition, unconditional_condition, guidance_scale, combine)
 
