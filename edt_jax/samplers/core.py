@@ -4,7 +4,7 @@ Iteration k of the scan
   1. evaluates the model once at (x_pred_k, t_k) -> M_k (noise, or data prediction),
   2. corrects x_k = corr_x x_{k-1} + corr_hist . H + corr_new M_k where the plan says so (UniC),
   3. stores M_k in ring-buffer slot k mod P of the history H,
-  4. predicts x_{k+1} = pred_x x_k + pred_hist . H.
+  4. predicts x_{k+1} = pred_x x_k + pred_hist . H (+ pred_eps eps_k where the plan has such weights).
 After S iterations the last prediction is the sample at t_S: exactly S model calls, and the final
 step runs no corrector because no model call follows it. x and H stay float32 (float64 when x_T is
 float64) whatever dtype the model computes in. With ``return_trajectory`` each iteration also emits
@@ -12,6 +12,8 @@ float64) whatever dtype the model computes in. With ``return_trajectory`` each i
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -48,12 +50,21 @@ def call_model(model_fn, x: jax.Array, t, step) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def to_data_prediction(x, eps, alpha, sigma, thresholding):
-    """x0 = (x - sigma eps) / alpha, then optional dynamic thresholding."""
+def to_data_prediction(x, eps, alpha, sigma, transform: Callable[[jax.Array], jax.Array] | None = None):
+    """x0 = (x - sigma eps) / alpha, then the optional x0 transform (dynamic thresholding, clipping)."""
     x0 = (x - sigma * eps) / alpha
-    if thresholding is not None:
-        x0 = dynamic_thresholding(x0, *thresholding)
-    return x0
+    return x0 if transform is None else transform(x0)
+
+
+def x0_transform_of(thresholding: tuple[float, float] | None,
+                    x0_transform: Callable[[jax.Array], jax.Array] | None) -> Callable[[jax.Array], jax.Array] | None:
+    """The one x0 transform of a run: dynamic thresholding ``(ratio, max_val)`` or a callable, not both."""
+    if thresholding is not None and x0_transform is not None:
+        raise ValueError("give thresholding=(ratio, max_val) or x0_transform=..., not both")
+    if thresholding is None:
+        return x0_transform
+    ratio, max_val = thresholding
+    return lambda x0: dynamic_thresholding(x0, ratio, max_val)
 
 
 def _weighted(weights: jax.Array, hist: jax.Array) -> jax.Array:
@@ -76,15 +87,21 @@ def state_dtype(x_T: jax.Array):
 
 
 def run_plan(model_fn, x_T: jax.Array, plan: Plan, *, thresholding: tuple[float, float] | None = None,
-             denoise_to_zero: bool = False, return_trajectory: bool = False):
+             x0_transform: Callable[[jax.Array], jax.Array] | None = None, denoise_to_zero: bool = False,
+             return_trajectory: bool = False):
     """Run a multistep plan from x_T (B, ...) at plan.times[0]; returns x at plan.final_time.
 
-    With ``return_trajectory`` returns ``(x, Trajectory)`` of every model call (see ``trajectory.Trajectory``).
+    ``thresholding`` (dynamic thresholding) or ``x0_transform`` (any jit-able map of x0 (B, ...), e.g. a clip)
+    acts on every data prediction. With ``return_trajectory`` returns ``(x, Trajectory)`` of every model call
+    (see ``trajectory.Trajectory``).
     """
     x_T = jnp.asarray(x_T)
     dtype = state_dtype(x_T)
     x = x_T.astype(dtype)
     data = plan.space == "data"
+    transform = x0_transform_of(thresholding, x0_transform)
+    # Decided on the host, so samplers without raw-eps weights trace exactly as before.
+    use_eps = plan.pred_eps is not None
 
     def as_state(a):
         return jnp.asarray(np.asarray(a, np.float64), dtype)
@@ -96,18 +113,22 @@ def run_plan(model_fn, x_T: jax.Array, plan: Plan, *, thresholding: tuple[float,
         "corr_hist": as_state(plan.corr_hist), "corr_new": as_state(plan.corr_new),
         "pred_x": as_state(plan.pred_x), "pred_hist": as_state(plan.pred_hist),
     }
+    if use_eps:
+        inputs["pred_eps"] = as_state(plan.pred_eps)
 
     def body(carry, c):
         x_prev, x_pred, hist = carry
         eps = call_model(model_fn, x_pred, c["t"], c["step"])
-        m = to_data_prediction(x_pred, eps, c["alpha"], c["sigma"], thresholding) if data else eps
+        m = to_data_prediction(x_pred, eps, c["alpha"], c["sigma"], transform) if data else eps
         corrected = c["corr_x"] * x_prev + _weighted(c["corr_hist"], hist) + c["corr_new"] * m
         x_cur = jnp.where(c["corr_on"], corrected, x_pred)
         hist = jax.lax.dynamic_update_index_in_dim(hist, m, c["slot"], axis=0)
         x_next = c["pred_x"] * x_cur + _weighted(c["pred_hist"], hist)
+        if use_eps:
+            x_next = x_next + c["pred_eps"] * eps
         if not return_trajectory:
             return (x_cur, x_next, hist), None
-        denoised = m if data else to_data_prediction(x_pred, eps, c["alpha"], c["sigma"], thresholding)
+        denoised = m if data else to_data_prediction(x_pred, eps, c["alpha"], c["sigma"], transform)
         return (x_cur, x_next, hist), Trajectory(c["t"], x_pred, denoised)
 
     hist = jnp.zeros((plan.history_size,) + x.shape, dtype)
@@ -116,7 +137,7 @@ def run_plan(model_fn, x_T: jax.Array, plan: Plan, *, thresholding: tuple[float,
     if denoise_to_zero:
         x_in = x
         eps = call_model(model_fn, x_in, plan.final_time, jnp.int32(plan.steps))
-        x = to_data_prediction(x_in, eps, as_state(plan.final_alpha), as_state(plan.final_sigma), thresholding)
+        x = to_data_prediction(x_in, eps, as_state(plan.final_alpha), as_state(plan.final_sigma), transform)
         final_call = Trajectory(as_state(plan.final_time), x_in, x)
     if not return_trajectory:
         return x

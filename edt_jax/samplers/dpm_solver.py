@@ -25,12 +25,20 @@ from edt_jax.samplers.unipc import VARIANTS as UNIC_VARIANTS
 from edt_jax.samplers.unipc import unic_correctors
 
 ALGORITHMS = ("dpmsolver++", "dpmsolver")
+SOLVER_TYPES = ("midpoint", "heun")
 CORRECTORS = tuple(f"unic_{v}" for v in UNIC_VARIANTS)
 MAX_ORDER = 3
 
 
-def dpm_solver_step(grid: TimeGrid, j: int, order: int, space: str, size: int) -> LinearStep:
-    """Multistep DPM-Solver(++)-``order`` update for step j (t_{j-1} -> t_j)."""
+def dpm_solver_step(grid: TimeGrid, j: int, order: int, space: str, size: int, *,
+                    solver_type: str = "midpoint") -> LinearStep:
+    """Multistep DPM-Solver(++)-``order`` update for step j (t_{j-1} -> t_j).
+
+    ``solver_type`` picks the order-2 update: "midpoint" (-1/2 scale phi_1 D1_0, the reference's default) or
+    "heun" (scale phi_2 D1_0, the reference's "taylor"; diffusers' ``solver_type="heun"``). Order 3 is the same
+    for both.
+    """
+    check_choice("solver_type", solver_type, SOLVER_TYPES)
     base = first_order_terms(grid, j, space)
     e0 = age_vector(0, size)
     w = base.m0_coef * e0
@@ -41,18 +49,19 @@ def dpm_solver_step(grid: TimeGrid, j: int, order: int, space: str, size: int) -
     phi_1 = np.expm1(-h) if data else np.expm1(h)
     r0 = (grid.lam[s] - grid.lam[s - 1]) / h
     d1_0 = (e0 - age_vector(1, size)) / r0
+    # The phi_2 terms enter with + for the data prediction and with - for the noise prediction.
+    phi_2, sign = (phi_1 / h + 1.0, 1.0) if data else (phi_1 / h - 1.0, -1.0)
     if order == 2:
+        if solver_type == "heun":
+            return LinearStep(base.x_coef, w + sign * base.scale * phi_2 * d1_0)
         return LinearStep(base.x_coef, w - 0.5 * base.scale * phi_1 * d1_0)
     r1 = (grid.lam[s - 1] - grid.lam[s - 2]) / h
     d1_1 = (age_vector(1, size) - age_vector(2, size)) / r1
     d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
     d2 = (d1_0 - d1_1) / (r0 + r1)
-    if data:
-        phi_2 = phi_1 / h + 1.0
-        phi_3 = phi_2 / h - 0.5
-        return LinearStep(base.x_coef, w + base.scale * (phi_2 * d1 - phi_3 * d2))
-    phi_2 = phi_1 / h - 1.0
     phi_3 = phi_2 / h - 0.5
+    if data:
+        return LinearStep(base.x_coef, w + base.scale * (phi_2 * d1 - phi_3 * d2))
     return LinearStep(base.x_coef, w - base.scale * (phi_2 * d1 + phi_3 * d2))
 
 

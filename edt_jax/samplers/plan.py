@@ -40,6 +40,19 @@ class TimeGrid:
         return cls(t=t, lam=ns.marginal_lambda(t), log_alpha=ns.marginal_log_mean_coeff(t),
                    alpha=ns.marginal_alpha(t), sigma=ns.marginal_std(t))
 
+    @classmethod
+    def from_alpha_sigma(cls, t: np.ndarray, alpha: np.ndarray, sigma: np.ndarray) -> TimeGrid:
+        """A grid from explicit (S + 1,) alpha_t and sigma_t, e.g. a discrete scheduler's own tables.
+
+        A point with sigma_t = 0 (the clean end of diffusers' ``final_sigmas_type="zero"``) gets lambda = +inf:
+        the first-order data-space step into it is exact (x_coef = 0, m0_coef = alpha_t), while higher orders
+        and the noise space have no finite form there, so the callers use order 1 in the data space for it.
+        """
+        alpha, sigma = np.asarray(alpha, np.float64), np.asarray(sigma, np.float64)
+        with np.errstate(divide="ignore"):  # log(0) = -inf is the intended lambda = +inf
+            lam = np.log(alpha) - np.log(sigma)
+        return cls(t=np.asarray(t, np.float64), lam=lam, log_alpha=np.log(alpha), alpha=alpha, sigma=sigma)
+
     @property
     def steps(self) -> int:
         return self.t.shape[0] - 1
@@ -47,11 +60,17 @@ class TimeGrid:
 
 @dataclasses.dataclass(frozen=True)
 class LinearStep:
-    """x_out = x_coef * x + hist_coef . [M_age0, M_age1, ...] + new_coef * M_new."""
+    """x_out = x_coef * x + hist_coef . [M_age0, M_age1, ...] + new_coef * M_new (+ eps_coef * eps_age0).
+
+    ``eps_coef`` (predictors only) weighs the newest call's noise prediction as the model returned it, untouched
+    by the run's x0 transform: diffusers' DDIM with ``clip_sample`` moves the clipped x0 along the unclipped eps,
+    which no combination of x and the (clipped) history can express.
+    """
 
     x_coef: float
     hist_coef: np.ndarray
     new_coef: float = 0.0
+    eps_coef: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +145,7 @@ class Plan:
     final_time: float          # t_S
     final_alpha: float
     final_sigma: float
+    pred_eps: np.ndarray | None = None  # (S,) weight of the newest raw eps in the predictor; None: all zero
 
     @property
     def steps(self) -> int:
@@ -154,12 +174,13 @@ def build_plan(grid: TimeGrid, predictors: list[LinearStep], correctors: list[Li
     corrector_on = np.zeros(steps, bool)
     corr_x, corr_new = np.zeros(steps), np.zeros(steps)
     corr_hist, pred_hist = np.zeros((steps, size)), np.zeros((steps, size))
-    pred_x = np.zeros(steps)
+    pred_x, pred_eps = np.zeros(steps), np.zeros(steps)
     slot = np.arange(steps) % size
     for k in range(steps):
         # Predictor for step k + 1 runs after M_k was stored in slot k mod P (age 0).
         step = predictors[k]
         pred_x[k] = step.x_coef
+        pred_eps[k] = step.eps_coef
         pred_hist[k] = _by_slot(step.hist_coef, slot[k], size)
         if k >= 1 and correctors[k - 1] is not None:
             # Corrector for step k runs before M_k is stored: age 0 is M_{k-1} in slot k - 1.
@@ -172,4 +193,4 @@ def build_plan(grid: TimeGrid, predictors: list[LinearStep], correctors: list[Li
                 corrector_on=corrector_on, corr_x=corr_x, corr_hist=corr_hist, corr_new=corr_new,
                 pred_x=pred_x, pred_hist=pred_hist, space=space,
                 final_time=float(grid.t[-1]), final_alpha=float(grid.alpha[-1]),
-                final_sigma=float(grid.sigma[-1]))
+                final_sigma=float(grid.sigma[-1]), pred_eps=pred_eps if np.any(pred_eps) else None)

@@ -21,7 +21,8 @@ from edt_jax.samplers import validation
 class Trajectory(NamedTuple):
     """The S model calls of one sampling run, in call order (S = steps, + 1 with ``denoise_to_zero``).
 
-    t:        (S,) continuous time of call k (``call_times``); for ``ddpm``, (n + 1) / N of the timestep n.
+    t:        (S,) continuous time of call k (``call_times``); for ``ddpm``, (n + 1) / N of the timestep n; for
+              ``diffusers_sampler``, diffusers' integer timestep n itself.
     x:        (S, B, ...) the state the model saw at call k (``x[0]`` is x_T), in the sampler's state dtype.
     denoised: (S, B, ...) the data prediction at call k, (x - sigma_t eps) / alpha_t (after the sampler's
               thresholding or clipping, when it uses one), in the state dtype.
