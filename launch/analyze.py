@@ -15,9 +15,9 @@ from __future__ import annotations
 import time
 
 from absl import app, flags, logging
-from etils import epath
 
 import edt_jax
+from edt_jax import paths
 from edt_jax.analysis import experiments
 from edt_jax.diffusion import BETA_SCHEDULES
 from launch import common
@@ -84,7 +84,7 @@ def main(argv):
     f = flags.FLAGS
     if not f.output_dir and not f.workdir:
         common.exit_with_error(ValueError("--analysis forward without --workdir needs --output_dir"))
-    output = epath.Path(f.output_dir) if f.output_dir else epath.Path(f.workdir) / "analysis"
+    output = paths.as_path(f.output_dir) if f.output_dir else paths.as_path(f.workdir) / "analysis"
     start = time.time()
     try:
         for kind, report in analyze(list(f.analysis)):

@@ -14,9 +14,11 @@ from ml_collections import config_flags
 
 from edt_jax.diffusion.schedules import SKIP_TYPES
 from edt_jax.samplers import SAMPLERS
+from edt_jax.training.workdir_lock import LostWorkdirError, WorkdirBusyError
 
-# Errors a launcher reports as one line (exit code 2) instead of a traceback: bad flags, configs, inputs, runs.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError)
+# Errors a launcher reports as one line (exit code 2) instead of a traceback: bad flags, configs, inputs, runs,
+# and a workdir another live run holds (or took over).
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ImportError, WorkdirBusyError, LostWorkdirError)
 
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, to run as several processes")
 flags.DEFINE_integer("num_processes", None, "number of processes (with --coordinator_address)")

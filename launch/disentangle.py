@@ -18,10 +18,10 @@ Each mode is one call of ``edt_jax.disentangle.tasks`` (``train``, ``evaluate``,
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from absl import app, flags, logging
 
+from edt_jax import paths
 from edt_jax.disentangle import tasks
 from edt_jax.training.checkpoint import UnreadableCheckpointError
 from launch import common
@@ -41,7 +41,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     common.quiet_library_logs()
     f = flags.FLAGS
-    config, workdir = f.config, Path(f.workdir).expanduser()
+    config, workdir = f.config, paths.as_path(f.workdir)
     try:
         if f.mode == "train":
             result = tasks.train(config, workdir, f.dpm_workdir)

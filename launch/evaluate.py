@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 
 from absl import app, flags, logging
-from etils import epath
 
 import edt_jax
+from edt_jax import paths
 from edt_jax.metrics.evaluation import METRICS
 from launch import common
 
@@ -51,8 +51,8 @@ def main(argv):
                               samples_path=f.save_samples, **common.sampling_options())
     except common.USER_ERRORS as err:
         common.exit_with_error(err)
-    default = epath.Path(run.workdir) / f"eval_{report['sampler']}_{report['steps']}.json"
-    output = epath.Path(f.report) if f.report else default
+    default = paths.as_path(run.workdir) / f"eval_{report['sampler']}_{report['steps']}.json"
+    output = paths.as_path(f.report) if f.report else default
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
     logging.info("%s: %s", output, json.dumps(report["metrics"]))

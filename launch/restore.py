@@ -15,10 +15,9 @@ call of ``edt_jax.restoration.tasks`` (``train``, ``evaluate``, ``restore_folder
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from absl import app, flags
 
+from edt_jax import paths
 from edt_jax.restoration import tasks
 from edt_jax.restoration.build import network_summary
 from edt_jax.training.checkpoint import UnreadableCheckpointError
@@ -48,7 +47,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     common.quiet_library_logs()
     f = flags.FLAGS
-    config, workdir = f.config, Path(f.workdir).expanduser()
+    config, workdir = f.config, paths.as_path(f.workdir)
     try:
         workdir.mkdir(parents=True, exist_ok=True)
         if f.mode.startswith("train_"):
@@ -60,7 +59,7 @@ def main(argv):
         else:
             if not f.input or not f.output:
                 raise ValueError("--mode restore needs --input and --output folders")
-            done = tasks.restore_folder(config, workdir, Path(f.input), Path(f.output), clean_input=f.degrade,
+            done = tasks.restore_folder(config, workdir, f.input, f.output, clean_input=f.degrade,
                                         method=f.method)
             print(f"wrote {done['num_images']} restored images ({done['method']}, {done['nfe']} NFE) to "
                   f"{done['output']}")

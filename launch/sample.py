@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 from absl import app, flags
-from etils import epath
 
 import edt_jax
+from edt_jax import paths
 from edt_jax.data.pixels import save_grid
 from launch import common
 
@@ -40,7 +40,7 @@ def main(argv):
             latents, samples = samples, decode(samples)
     except common.USER_ERRORS as err:
         common.exit_with_error(err)
-    output = epath.Path(f.output) if f.output else epath.Path(run.workdir) / "samples.png"
+    output = paths.as_path(f.output) if f.output else paths.as_path(run.workdir) / "samples.png"
     output.parent.mkdir(parents=True, exist_ok=True)
     arrays = output.with_suffix(".npz")
     with arrays.open("wb") as file:

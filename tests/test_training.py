@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import RESUMABLE_EVERY, RESUMABLE_STEPS
 
 from configs import shapes_dit_tiny, shapes_edt_tiny
 from edt_jax.data import create_source
@@ -80,14 +81,7 @@ def test_step_on_8_devices_equals_step_on_1():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-TOTAL, EVERY = 24, 8  # the resume tests' run: masked pass, a checkpoint every 8 steps
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = run(tiny_config(True, total_steps=TOTAL, log_every_steps=1, checkpoint_every_steps=EVERY), str(workdir))
-    return workdir, result
+TOTAL, EVERY = RESUMABLE_STEPS, RESUMABLE_EVERY  # the resume tests' run (conftest.resumable_run)
 
 
 def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 240.0) -> None:
@@ -101,8 +95,8 @@ def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: flo
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
-def test_kill_9_then_resume_continues_exactly(uninterrupted, tmp_path):
-    reference_dir, _ = uninterrupted
+def test_kill_9_then_resume_continues_exactly(resumable_run, tmp_path):
+    reference_dir = resumable_run
     flags = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1", f"--config.checkpoint_every_steps={EVERY}"]
     proc = launch_train(tmp_path, *flags)
     wait_for_step(proc, tmp_path, EVERY + 2)
@@ -126,28 +120,40 @@ def test_kill_9_then_resume_continues_exactly(uninterrupted, tmp_path):
     np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=2e-5)
 
 
-def test_checkpoint_from_8_devices_restores_onto_2(uninterrupted):
-    workdir, result = uninterrupted
+def test_checkpoint_from_8_devices_restores_onto_2(resumable_run):
     config = tiny_config()
     model, tx = builders.build_model(config), builders.build_optimizer(config)
-    mesh = sharding.create_mesh(data=1, fsdp=2, devices=jax.devices()[:2])
-    state, _, extra = Checkpointer(workdir / "checkpoints").restore(abstract_train_state(model, tx, EXAMPLE, mesh))
-    assert int(state.step) == TOTAL and extra is not None
-    kernel = state.params["blocks_0"]["mlp"]["fc1"]["kernel"]
-    assert kernel.sharding.mesh.devices.size == 2
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(result.state.params), strict=True):
+    states = []
+    for mesh in (sharding.create_mesh(data=4, fsdp=2), sharding.create_mesh(data=1, fsdp=2, devices=jax.devices()[:2])):
+        state, _, extra = Checkpointer(resumable_run / "checkpoints").restore(
+            abstract_train_state(model, tx, EXAMPLE, mesh))
+        assert int(state.step) == TOTAL and extra is not None
+        states.append(state)
+    for state, devices in zip(states, (8, 2), strict=True):
+        assert state.params["blocks_0"]["mlp"]["fc1"]["kernel"].sharding.mesh.devices.size == devices
+    for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_sigterm_saves_the_current_step(tmp_path):
-    proc = launch_train(tmp_path, "--config.total_steps=100000", "--config.log_every_steps=1",
-                        "--config.checkpoint_every_steps=100000", "--config.loss.masked_pass=False")
+def test_second_run_on_a_live_workdir_exits_2_and_sigterm_saves_the_current_step(tmp_path):
+    flags = ["--config.total_steps=100000", "--config.log_every_steps=1", "--config.checkpoint_every_steps=100000",
+             "--config.loss.masked_pass=False"]
+    proc = launch_train(tmp_path, *flags)
     wait_for_step(proc, tmp_path, 3)
+    # A scheduler restarting the job while it still runs: the copy stops at once, naming the holder.
+    second = launch_train(tmp_path, *flags)
+    refused = second.communicate(timeout=120)[0].decode().strip().splitlines()
+    assert second.returncode == 2, refused[-20:]
+    assert refused[-1].startswith(f"error: workdir {tmp_path} is held by another live run (host "), refused[-1]
+    assert f"pid {proc.pid}, started " in refused[-1]
+    assert proc.poll() is None  # the first run was not disturbed
+    wait_for_step(proc, tmp_path, max(losses(tmp_path)) + 2)
     proc.send_signal(signal.SIGTERM)
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 0, output[-3000:]
     saved = Checkpointer(tmp_path / "checkpoints").latest_step()
     assert saved is not None and saved >= 3 and saved == max(losses(tmp_path))
+    assert sorted(losses(tmp_path)) == list(range(1, saved + 1))  # one writer: every step once
 
 
 def test_nan_loss_stops_naming_the_step(tmp_path):

@@ -31,10 +31,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
 from edt_jax import data as data_lib
-from edt_jax import samplers
+from edt_jax import paths, samplers
 from edt_jax.analysis import forward, plots, reverse
 from edt_jax.data.pixels import to_uint8
 from edt_jax.diffusion import NoiseScheduleVP
@@ -61,7 +60,7 @@ class Report:
 
 def write_report(report: Report, kind: str, output_dir, seconds: float | None = None) -> list[str]:
     """``<output_dir>/<kind>.md``, ``.json`` (with the seconds it took) and the figures; returns the paths."""
-    output = epath.Path(output_dir)
+    output = paths.as_path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     if seconds is not None:
         report.payload["seconds"] = round(seconds, 1)

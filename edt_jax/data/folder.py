@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,6 +24,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
+from edt_jax import paths
 from edt_jax.data.preprocess import center_crop
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -94,7 +94,7 @@ def _fingerprint(*parts: Any) -> str:
 
 def _reuse(data_dir: str | os.PathLike, name: str, fingerprint: str, overwrite: bool) -> bool:
     """True if ``data_dir/name/VERSION`` already holds this very build; raises if it holds another one."""
-    target = Path(data_dir).expanduser() / name / VERSION
+    target = paths.as_path(data_dir) / name / VERSION
     if overwrite or not target.exists():
         return False
     meta = target / "metadata.json"  # written by TFDS from DatasetInfo(metadata=...), see _write
@@ -110,12 +110,13 @@ def _reuse(data_dir: str | os.PathLike, name: str, fingerprint: str, overwrite: 
 def _write(name: str, data_dir: str | os.PathLike, split: str, features: tfds.features.FeaturesDict,
            examples: Iterator[tuple[int, dict[str, Any]]], description: str, fingerprint: str) -> str:
     """Writes the examples into ``data_dir/name/VERSION`` (replacing what is there); returns ``name``."""
-    root = Path(data_dir).expanduser()
+    root = paths.as_path(data_dir)
     target = root / name / VERSION
     root.mkdir(parents=True, exist_ok=True)
     # Build in a scratch dir next to the target, then swap it in: a failed build leaves old data intact, and TFDS'
-    # downloads/ folder does not litter data_dir.
-    with tempfile.TemporaryDirectory(prefix=f".{name}-build-", dir=root) as scratch:
+    # downloads/ folder does not litter data_dir. An object store (gs://) gets a local build, copied over after.
+    remote = paths.is_url(root)
+    with tempfile.TemporaryDirectory(prefix=f".{name}-build-", dir=None if remote else root) as scratch:
         metadata = tfds.core.MetadataDict(edt_fingerprint=fingerprint)
         builder = _ExamplesBuilder(name=name, split=split, examples=examples, data_dir=scratch, features=features,
                                    description=description, metadata=metadata)
@@ -125,9 +126,14 @@ def _write(name: str, data_dir: str | os.PathLike, split: str, features: tfds.fe
             download_config=tfds.download.DownloadConfig(try_download_gcs=False),
         )
         if target.exists():
-            shutil.rmtree(target)
+            target.rmtree()
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(Path(scratch) / name / VERSION, target)
+        built = Path(scratch) / name / VERSION
+        if remote:
+            for file in sorted(p for p in built.rglob("*") if p.is_file()):
+                (target / file.relative_to(built)).write_bytes(file.read_bytes())
+        else:
+            os.replace(built, target)
     logging.info("Wrote TFDS dataset %r, split %r, to %s", name, split, target)
     return name
 

@@ -1,10 +1,11 @@
 """Resumable latent caches: encode a source chunk by chunk into ``.npz`` files, then one ArrayRecord dataset.
 
 Encoding ImageNet with the SD VAE takes hours, so the work is cut into fixed chunks of consecutive
-records. Each finished chunk is one file in ``<dir>/chunks`` (written to a temporary name and renamed,
-so a file that exists is complete); a restarted extraction skips the chunks that exist. Once all are
-there, ``build_dataset_from_chunks`` streams them into a regular TFDS ArrayRecord dataset (the same
-layout as ``edt_jax.data.folder.build_latent_dataset``), read back with ``create_source("tfds:<name>")``.
+records. Each finished chunk is one file in ``<dir>/chunks`` (locally written to a temporary name and
+renamed; on object stores such as ``gs://`` one atomic object write), so a file that exists is complete; a
+restarted extraction skips the chunks that exist. Once all are there, ``build_dataset_from_chunks`` streams
+them into a regular TFDS ArrayRecord dataset (the same layout as ``edt_jax.data.folder.build_latent_dataset``),
+read back with ``create_source("tfds:<name>")``.
 
     store = ChunkStore(cache_dir, num_examples=len(source), chunk_size=1024, settings={...})
     for i in store.pending():
@@ -17,15 +18,17 @@ made with other settings is refused rather than silently mixed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
+from edt_jax import paths
 from edt_jax.data.folder import _check_name, _fingerprint, _reuse, _write, latent_features
 
 MANIFEST = "manifest.json"
@@ -42,11 +45,11 @@ class ChunkStore:
         settings raises ``ValueError`` naming the differences.
     """
 
-    def __init__(self, directory: str | os.PathLike, num_examples: int, chunk_size: int,
+    def __init__(self, directory: paths.PathLike, num_examples: int, chunk_size: int,
                  settings: Mapping[str, Any] | None = None):
         if num_examples < 1 or chunk_size < 1:
             raise ValueError(f"num_examples ({num_examples}) and chunk_size ({chunk_size}) must be >= 1")
-        self.directory = Path(directory).expanduser()
+        self.directory = paths.as_path(directory)
         self.num_examples, self.chunk_size = int(num_examples), int(chunk_size)
         manifest = {"num_examples": self.num_examples, "chunk_size": self.chunk_size,
                     "settings": json.loads(json.dumps(dict(settings or {}), default=str))}
@@ -74,7 +77,7 @@ class ChunkStore:
         start = index * self.chunk_size
         return range(start, min(start + self.chunk_size, self.num_examples))
 
-    def path(self, index: int) -> Path:
+    def path(self, index: int) -> epath.Path:
         return self.directory / "chunks" / f"{index:06d}.npz"
 
     def is_done(self, index: int) -> bool:
@@ -91,17 +94,22 @@ class ChunkStore:
         if bad:
             raise ValueError(f"chunk {index} holds {rows} records, but arrays have shapes {bad}")
         self.path(index).parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path(index).with_suffix(".tmp.npz")
-        np.savez(temporary, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(temporary, self.path(index))
+        buffer = io.BytesIO()
+        np.savez(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+        _write_atomic(self.path(index), buffer.getvalue(), temporary=self.path(index).with_suffix(".tmp.npz"))
 
     def read(self, index: int) -> dict[str, np.ndarray]:
-        with np.load(self.path(index), allow_pickle=False) as data:
+        with self.path(index).open("rb") as f, np.load(f, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    temporary = path.with_suffix(path.suffix + ".tmp")
+def _write_atomic(path: epath.Path, payload: bytes, temporary: epath.Path | None = None) -> None:
+    """Write ``payload`` so that ``path`` is complete or absent: an object write is atomic by itself, a local file is
+    written to ``temporary`` (default ``<path>.tmp``) and renamed."""
+    if paths.is_url(path):
+        path.write_bytes(payload)
+        return
+    temporary = temporary or path.with_name(path.name + ".tmp")
     temporary.write_bytes(payload)
     os.replace(temporary, path)
 

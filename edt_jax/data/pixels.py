@@ -42,9 +42,10 @@ def image_grid(images: Any, columns: int | None = None) -> np.ndarray:
 
 def save_grid(images: Any, path: str | os.PathLike, columns: int | None = None) -> None:
     """Write ``image_grid(images, columns)`` as a PNG (grey for one channel) to ``path`` (local or any epath)."""
-    from etils import epath
     from PIL import Image
 
+    from edt_jax import paths
+
     grid = image_grid(images, columns)
-    with epath.Path(path).open("wb") as f:
+    with paths.as_path(path).open("wb") as f:
         Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")

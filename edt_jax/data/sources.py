@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from edt_jax import paths
 from edt_jax.data.folder import build_image_folder_dataset
 from edt_jax.data.tfds_source import open_tfds
 
@@ -44,7 +45,7 @@ def create_source(spec: str, *, data_dir: str | None = None, split: str = "train
         return open_tfds(name, split=tfds_split or split, data_dir=data_dir)
     if kind == "folder" and rest:
         folder = Path(rest).expanduser()
-        target = Path(data_dir) if data_dir else folder.parent / f"{folder.name}_tfds"
+        target = paths.as_path(data_dir) if data_dir else folder.parent / f"{folder.name}_tfds"
         name = build_image_folder_dataset(folder, target, split=split)
         return open_tfds(name, split=split, data_dir=str(target))
     raise ValueError(f"unknown data source {spec!r}; expected one of {', '.join(SOURCE_FORMS)}")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+
+from edt_jax import paths
 
 _PREPARE_HINT = ("prepare it on a machine with network access with `tfds build {ds} --data_dir {root} "
                  "--file_format array_record` and copy {root}/{base} over")
@@ -44,7 +45,7 @@ def _explain(name: str, split: str, data_dir: str | None, err: Exception) -> Exc
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
-        where = Path(root) / base
+        where = paths.as_path(root) / base
         versions = sorted(p.name for p in where.iterdir() if p.is_dir()) if where.is_dir() else []
         found = f" (found versions {versions} there)" if versions else ""
         return FileNotFoundError(f"TFDS dataset {name!r} is not registered in TFDS and not prepared in {where}{found}; "
@@ -87,7 +88,7 @@ def open_tfds(name: str, split: str = "train", data_dir: str | os.PathLike | Non
         ValueError: unknown split (lists the available ones), or not stored as array_record.
     """
     if data_dir is not None:
-        data_dir = os.fspath(Path(data_dir).expanduser())
+        data_dir = paths.expand(data_dir)
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as err:  # any TFDS failure: diagnosed and re-raised as one line below

@@ -15,15 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 
 from edt_jax import data as data_lib
+from edt_jax import paths
 from edt_jax.checks import check_choice
 from edt_jax.disentangle.baselines import beta_vae_loss
 from edt_jax.disentangle.disdiff import DisDiff
@@ -73,27 +74,27 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.latent_dim={m.latent_dim!r}: the beta-VAE needs at least 1 latent")
 
 
-def dpm_dir(config: ml_collections.ConfigDict, given: str | None) -> Path:
+def dpm_dir(config: ml_collections.ConfigDict, given: str | None) -> epath.Path:
     """The frozen DPM's workdir: ``given`` (``--dpm_workdir``), else ``config.dpm_workdir``."""
     path = given or config.get("dpm_workdir", "")
     if not path:
         raise ValueError("DisDiff needs the frozen DPM: give --dpm_workdir (a launch.train run on the same images)")
-    return Path(path).expanduser()
+    return paths.as_path(path)
 
 
 def trained_dpm_workdir(workdir) -> str:
     """The DPM a DisDiff run was trained on, from its saved config ('' when unknown)."""
-    path = Path(workdir) / CONFIG_FILENAME
+    path = paths.as_path(workdir) / CONFIG_FILENAME
     return json.loads(path.read_text()).get("dpm_workdir", "") if path.is_file() else ""
 
 
 def load_dpm(workdir, shape: tuple[int, int, int]) -> Run:
     """The frozen DPM: the ``launch.train`` run in ``workdir``, trained on ``shape`` (H, W, C) images (one-line
     errors otherwise)."""
-    return load_frozen_run(Path(workdir).expanduser(), shape, role="DPM", user="this config disentangles")
+    return load_frozen_run(workdir, shape, role="DPM", user="this config disentangles")
 
 
-def build_method(config: ml_collections.ConfigDict, dpm_workdir: Path | None = None) -> Method:
+def build_method(config: ml_collections.ConfigDict, dpm_workdir: paths.PathLike | None = None) -> Method:
     """The config's method; DisDiff loads its frozen DPM from ``dpm_workdir`` when given (training, swaps)."""
     m = config.model
     _check_model(m)
@@ -136,12 +137,13 @@ def train_method(config: ml_collections.ConfigDict, workdir, method: Method) -> 
     options = LoopOptions(total_steps=config.total_steps, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps,
                           keep_checkpoints=config.keep_checkpoints, seed=config.seed)
-    return train(task, build_optimizer(config), dataset, mesh, Path(workdir), options, config=config.to_dict())
+    return train(task, build_optimizer(config), dataset, mesh, paths.as_path(workdir), options,
+                 config=config.to_dict())
 
 
 def load_method_params(workdir, method: Method) -> tuple[Any, int]:
     """(EMA params, step) of the newest checkpoint of a trained run of ``method`` in ``workdir``."""
-    directory = Path(workdir) / "checkpoints"
+    directory = paths.as_path(workdir) / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no trained {method.name} in {workdir}; run --mode train first")
     return load_params(directory, method.init_params, sharding.create_mesh())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +21,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from edt_jax import samplers
+from edt_jax import paths, samplers
 from edt_jax.data.ground_truth import ground_truth_for
 from edt_jax.disentangle import evaluation
 from edt_jax.disentangle.build import (
@@ -45,15 +44,15 @@ def train(config: ml_collections.ConfigDict, workdir, dpm_workdir: str | None = 
     dpm = None
     if config.model.name == "DisDiff":
         dpm = dpm_dir(config, dpm_workdir)
-        config.dpm_workdir = str(dpm.resolve()) if dpm.exists() else str(dpm)
-    return train_method(config, Path(workdir), build_method(config, dpm))
+        config.dpm_workdir = str(dpm) if paths.is_url(dpm) or not dpm.exists() else str(dpm.resolve())
+    return train_method(config, workdir, build_method(config, dpm))
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir, untrained: bool = False) -> dict:
     """Scores of the run's encoder (or, ``untrained``, of a fresh one) on the config's ground truth: {"method",
     "step", "untrained", "source", "factors", "code_entries", "num_chunks", "scores"}, also written to
     ``workdir/eval.json`` (``eval_untrained.json``)."""
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     ground_truth = ground_truth_for(config.data.source, indices=True)  # one-line error without factor labels
     method = build_method(config)
     if untrained:
@@ -101,7 +100,7 @@ def swap(config: ml_collections.ConfigDict, workdir, dpm_workdir: str | None = N
     ``workdir/swap.png`` (rows: sources, reconstructions, one row per factor, donors) and, on 32x32 shapes,
     ``workdir/what_changes.json``; returns the report.
     """
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     method = build_method(config, dpm_dir(config, dpm_workdir or trained_dpm_workdir(workdir)))
     if method.disdiff is None:
         raise ValueError(f"--mode swap needs DisDiff's factor codes; model.name={config.model.name!r} has none")
@@ -140,7 +139,8 @@ def swap(config: ml_collections.ConfigDict, workdir, dpm_workdir: str | None = N
     workdir.mkdir(parents=True, exist_ok=True)
     k = s.grid_columns
     grid = evaluation.swap_grid(sources[:k], reconstructions[:k], [x[:k] for x in swapped], donors[:k])
-    Image.fromarray(grid.squeeze()).save(workdir / "swap.png")
+    with (workdir / "swap.png").open("wb") as f:
+        Image.fromarray(grid.squeeze()).save(f, format="PNG")
     report = {"step": int(step), "num_images": int(s.num_images), "sampler": s.sampler, "steps": int(s.steps),
               "start": s.start, "grid": str(workdir / "swap.png"),
               "reconstruction_rmse": float(np.sqrt(np.mean((reconstructions - sources) ** 2))),

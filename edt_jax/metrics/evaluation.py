@@ -20,12 +20,11 @@ Metrics:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jax
 import numpy as np
 
 from edt_jax import data as data_lib
+from edt_jax import paths
 from edt_jax.batching import map_in_batches
 from edt_jax.metrics import extractors
 from edt_jax.metrics.frechet import FeatureStats, load_stats
@@ -38,13 +37,19 @@ METRICS = ("fd_shapes", "fd_mnist5k", "pr_shapes", "pr_mnist5k", "acc_shapes", "
 def reference_images(spec: str, num: int, seed: int, data_dir: str | None = None) -> np.ndarray:
     """Up to ``num`` uint8 images (N, H, W, C) of a data source or of an ADM batch ``.npz`` (``arr_0``)."""
     if spec.endswith(".npz"):
-        with np.load(Path(spec).expanduser(), allow_pickle=False) as data:
+        with paths.as_path(spec).open("rb") as f, np.load(f, allow_pickle=False) as data:
             if "arr_0" not in data.files:
                 raise ValueError(f"{spec!r} holds {sorted(data.files)}, no reference images (arr_0)")
             return data["arr_0"][:num]
     source = data_lib.create_source(spec, data_dir=data_dir)
     indices = np.sort(np.random.default_rng(seed).choice(len(source), min(num, len(source)), replace=False))
     return np.stack([np.asarray(source[int(i)]["image"]) for i in indices])
+
+
+def _holds(npz: str, key: str) -> bool:
+    """Whether the ``.npz`` file ``npz`` (local or a URL) has an entry ``key``."""
+    with paths.as_path(npz).open("rb") as f, np.load(f, allow_pickle=False) as data:
+        return key in data.files
 
 
 class Inception:
@@ -137,9 +142,8 @@ def compute_metrics(images: np.ndarray, metrics: list[str], *, labels: np.ndarra
         return real_features
 
     if "fid" in metrics:
-        stats_file = reference and reference.endswith(".npz") and "mu" in np.load(Path(reference).expanduser()).files
-        real = load_stats(Path(reference).expanduser()) if stats_file else FeatureStats.from_features(
-            reference_features())
+        stats_file = reference and reference.endswith(".npz") and _holds(reference, "mu")
+        real = load_stats(reference) if stats_file else FeatureStats.from_features(reference_features())
         results["fid"] = FeatureStats.from_features(pool3).frechet_distance(real)
     if "is" in metrics:
         results["inception_score"], results["inception_score_std"] = inception_score(logits)

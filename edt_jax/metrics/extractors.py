@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from edt_jax import paths
 from edt_jax.batching import map_in_batches
 from edt_jax.data.pixels import to_model_range
 from edt_jax.metrics.frechet import FeatureStats, StatsAccumulator
@@ -169,24 +170,25 @@ def head_accuracy(extractor: Extractor, images, labels: dict[str, np.ndarray]) -
     return accuracy
 
 
-def save_extractor(path: str | Path, name: str, params: dict, metadata: dict) -> None:
+def save_extractor(path: paths.PathLike, name: str, params: dict, metadata: dict) -> None:
     """Write ``params`` as flat '/'-joined float32 arrays under ``params/`` plus a JSON ``metadata`` string."""
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
     arrays = {PARAM_PREFIX + key: np.asarray(value, np.float32) for key, value in flat.items()}
     meta = {"format": FORMAT_VERSION, "dataset": get_spec(name).name, **metadata}
-    path = Path(path)
+    path = paths.as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, metadata=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+    with path.open("wb") as f:
+        np.savez(f, metadata=np.array(json.dumps(meta, sort_keys=True)), **arrays)
 
 
-def load_extractor(name: str, path: str | Path | None = None, batch_size: int = 256) -> Extractor:
+def load_extractor(name: str, path: paths.PathLike | None = None, batch_size: int = 256) -> Extractor:
     """The offline extractor of ``name`` ("shapes" or "mnist5k") from its shipped weights (or ``path``)."""
     spec = get_spec(name)
-    path = Path(path) if path is not None else default_weights_path(name)
+    path = paths.as_path(path) if path is not None else paths.as_path(default_weights_path(name))
     if not path.is_file():
         raise FileNotFoundError(f"extractor weights {str(path)!r} not found; write them with "
                                 f"python -m launch.train_extractor --dataset {name} --output {path}")
-    with np.load(path, allow_pickle=False) as data:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
         if "metadata" not in data.files:
             raise ValueError(f"{str(path)!r} is not an extractor weights file (no 'metadata' entry)")
         metadata = json.loads(str(data["metadata"]))

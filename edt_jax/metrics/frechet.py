@@ -14,9 +14,10 @@ spatial features, ``arr_0`` for the images) and of pytorch-fid (``mu``/``sigma``
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
+
+from edt_jax import paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,25 +138,26 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
 
 
-def save_stats(path: str | Path, stats: FeatureStats) -> None:
+def save_stats(path: paths.PathLike, stats: FeatureStats) -> None:
     """Write ``mu`` (D,), ``sigma`` (D, D) (float64) and ``count`` (-1 when unknown) to an ``.npz`` file."""
     count = -1 if stats.count is None else int(stats.count)
-    np.savez(Path(path), mu=stats.mean, sigma=stats.covariance, count=np.int64(count))
+    with paths.as_path(path).open("wb") as f:
+        np.savez(f, mu=stats.mean, sigma=stats.covariance, count=np.int64(count))
 
 
-def load_stats(path: str | Path, spatial: bool = False) -> FeatureStats:
+def load_stats(path: paths.PathLike, spatial: bool = False) -> FeatureStats:
     """Read statistics from an ``.npz`` file: ours, pytorch-fid's or an ADM reference batch.
 
     ``spatial=True`` reads the ADM evaluator's spatial-feature statistics (``mu_s``/``sigma_s``)
     instead of pool3 (``mu``/``sigma``). ``count`` is optional (``None`` when absent).
     """
-    path = Path(path)
+    path = paths.as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"statistics file {str(path)!r} not found; expected an .npz with 'mu' and 'sigma' "
                                 f"(ours, pytorch-fid's or an ADM reference batch such as "
                                 f"VIRTUAL_imagenet256_labeled.npz)")
     mu_key, sigma_key = ("mu_s", "sigma_s") if spatial else ("mu", "sigma")
-    with np.load(path, allow_pickle=False) as data:
+    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
         if mu_key not in data.files or sigma_key not in data.files:
             raise ValueError(f"statistics file {str(path)!r} holds keys {sorted(data.files)}, but "
                            f"{mu_key!r} and {sigma_key!r} are expected")

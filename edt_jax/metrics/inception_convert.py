@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from edt_jax import paths
 from edt_jax.models.convert import load_state_dict, match_state_dict, mismatch_report, strip_module_prefix
 
 WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -88,13 +88,13 @@ def inception_params_from_torch(state_dict: Mapping[str, np.ndarray], net: nn.Mo
     return {collection: variables.get(collection, {}) for collection in abstract}
 
 
-def load_inception_weights(path: str | Path) -> dict[str, np.ndarray]:
+def load_inception_weights(path: paths.PathLike) -> dict[str, np.ndarray]:
     """Read the FID Inception state dict from a local file; nothing is downloaded.
 
     ``path``: the ``.pth`` file (needs the ``torch`` extra), a ``.npz``/``.safetensors`` conversion of
     it, or a folder holding ``pt_inception-2015-12-05-6726825d.pth``.
     """
-    path = Path(path)
+    path = paths.as_path(path)
     if path.is_dir():
         path = path / WEIGHTS_FILE
     if not path.is_file():

@@ -17,13 +17,15 @@ import argparse
 import dataclasses
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import traverse_util
+
+from edt_jax import paths
 
 # Buffers of the official modules that are recomputed here rather than loaded (MDTv2's pos_embed is a
 # trained parameter: the Flax tree asks for it, so it is loaded, never recomputed).
@@ -174,36 +176,36 @@ def abstract_params(model: nn.Module) -> dict:
     return nn.meta.unbox(variables["params"])
 
 
-def load_state_dict(path: str | Path, key: str | None = None) -> dict[str, np.ndarray]:
+def load_state_dict(path: paths.PathLike, key: str | None = None) -> dict[str, np.ndarray]:
     """Read a state dict from ``.npz``, ``.safetensors`` or ``.pt``/``.pth``; nothing is downloaded.
 
     Official training checkpoints hold several dicts (``model``, ``ema``, ``opt``, ``args``): ``key``
     picks one (default ``"ema"`` when present, else ``"model"``). In ``.npz`` files a ``param/`` prefix
     on the names (as in the test fixtures) is removed.
     """
-    path = Path(path)
+    path = paths.as_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} not found; download the official weights yourself "
                                 f"and pass their local path (nothing is fetched at run time)")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
+        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
             names = [n for n in data.files if n.startswith("param/")] or list(data.files)
             return {n.removeprefix("param/"): data[n] for n in names}
     if suffix == ".safetensors":
         try:
-            from safetensors.numpy import load_file
+            from safetensors.numpy import load, load_file
         except ImportError:
             raise ImportError("reading .safetensors needs the 'safetensors' package: "
                               "pip install 'edt_jax[weights]'") from None
-        return load_file(str(path))
+        return load(path.read_bytes()) if paths.is_url(path) else load_file(str(path))
     if suffix in (".pt", ".pth", ".bin"):
         return _load_torch(path, key)
     raise ValueError(f"unsupported checkpoint format {suffix!r} of {str(path)!r}; "
                      f"expected .npz, .safetensors, .pt, .pth or .bin")
 
 
-def _load_torch(path: Path, key: str | None) -> dict[str, np.ndarray]:
+def _load_torch(path: epath.Path, key: str | None) -> dict[str, np.ndarray]:
     try:
         import torch
     except ImportError:
@@ -212,7 +214,8 @@ def _load_torch(path: Path, key: str | None) -> dict[str, np.ndarray]:
     # The official train scripts also store their argparse.Namespace; allow exactly that class
     # (add_safe_globals exists from torch 2.4; the safe_globals context manager only from 2.5).
     torch.serialization.add_safe_globals([argparse.Namespace])
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    with path.open("rb") as f:
+        checkpoint = torch.load(f, map_location="cpu", weights_only=True)
     if isinstance(checkpoint, Mapping) and not all(hasattr(v, "shape") for v in checkpoint.values()):
         choices = [k for k in ("ema", "model", "state_dict") if k in checkpoint]
         pick = key or (choices[0] if choices else None)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
+from edt_jax import paths
 from edt_jax.models.convert import load_state_dict, match_state_dict, mismatch_report
 
 # Current diffusers name -> the name older checkpoints use for the same tensor.
@@ -81,13 +82,13 @@ def _squeeze_1x1_conv(tensor: np.ndarray, needed: tuple[int, ...]) -> np.ndarray
     return tensor
 
 
-def find_vae_weights(path: str | Path) -> Path:
+def find_vae_weights(path: paths.PathLike) -> epath.Path:
     """The weights file of a diffusers VAE: ``path`` itself, or the first of ``WEIGHT_FILES`` in the folder
     ``path`` (or in its ``vae/`` subfolder, as in a full Stable Diffusion pipeline folder).
 
     Raises a one-line ``FileNotFoundError`` saying what is expected and where the public weights live.
     """
-    path = Path(path)
+    path = paths.as_path(path)
     if path.is_file():
         return path
     for folder in (path, path / "vae"):
@@ -101,6 +102,6 @@ def find_vae_weights(path: str | Path) -> Path:
         f"(nothing is fetched at run time)")
 
 
-def load_vae_weights(path: str | Path, vae: nn.Module) -> dict:
+def load_vae_weights(path: paths.PathLike, vae: nn.Module) -> dict:
     """Flax ``params`` for ``vae`` from a diffusers VAE folder or weights file (.safetensors, .bin, .npz)."""
     return vae_params_from_torch(load_state_dict(find_vae_weights(path)), vae)

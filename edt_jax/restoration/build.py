@@ -14,7 +14,6 @@ fusion-net architecture); the denoiser is the ``launch.train`` run of ``config.d
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from edt_jax import data as data_lib
+from edt_jax import paths
 from edt_jax.batching import map_in_batches
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import NoiseScheduleVP
@@ -77,7 +77,7 @@ def conditional_schedule(config: ml_collections.ConfigDict) -> NoiseScheduleVP:
     return build_schedule(config)
 
 
-def train_network(config: ml_collections.ConfigDict, workdir: Path, name: str, source, degradation, *,
+def train_network(config: ml_collections.ConfigDict, workdir: paths.PathLike, name: str, source, degradation, *,
                   denoise=None, frozen=None, frozen_ns=None) -> TrainResult:
     """Train ``name`` with the library's trainer into ``workdir/<name>`` (resumes; kill -9 safe).
 
@@ -111,14 +111,14 @@ def train_network(config: ml_collections.ConfigDict, workdir: Path, name: str, s
     options = LoopOptions(total_steps=part.steps, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps,
                           keep_checkpoints=config.keep_checkpoints, seed=part.get("seed", config.seed))
-    return train(task, _optimizer(part), dataset, mesh, workdir / name, options,
+    return train(task, _optimizer(part), dataset, mesh, paths.as_path(workdir) / name, options,
                  config={"network": name, **config.to_dict()})
 
 
-def load_network(config: ml_collections.ConfigDict, workdir: Path, name: str) -> tuple[object, Callable]:
+def load_network(config: ml_collections.ConfigDict, workdir: paths.PathLike, name: str) -> tuple[object, Callable]:
     """(EMA params, fn) of a trained network; for the IR nets ``fn(y) -> x0_IR`` (it lifts y itself)."""
     net, example = build_network(config, name)
-    directory = Path(workdir) / name / "checkpoints"
+    directory = paths.as_path(workdir) / name / "checkpoints"
     if not directory.is_dir():
         raise FileNotFoundError(f"no {name} network in {workdir}; run --mode train_{name} first")
     params, _ = load_params(directory, model_init(net, example), sharding.create_mesh())
@@ -137,7 +137,7 @@ def load_denoiser(config: ml_collections.ConfigDict, image_shape: tuple[int, ...
     if not config.denoiser_workdir:
         raise ValueError("config.denoiser_workdir is empty; give a launch.train run on the same images "
                          "(--config.denoiser_workdir=DIR)")
-    return load_frozen_run(Path(config.denoiser_workdir).expanduser(), image_shape, role="denoiser",
+    return load_frozen_run(config.denoiser_workdir, image_shape, role="denoiser",
                            user="this config restores")
 
 
@@ -165,8 +165,9 @@ class Restorer:
 class Restorers:
     """Every restoration method of a run, its networks loaded once: ``Restorers(...).get("dpir", tau=0.25)``."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: Path, degradation, image_shape: tuple[int, ...]):
-        self.config, self.workdir, self.degradation = config, Path(workdir), degradation
+    def __init__(self, config: ml_collections.ConfigDict, workdir: paths.PathLike, degradation,
+                 image_shape: tuple[int, ...]):
+        self.config, self.workdir, self.degradation = config, paths.as_path(workdir), degradation
         self.image_shape = tuple(image_shape)
         self._cache: dict[str, object] = {}
 

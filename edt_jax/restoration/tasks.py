@@ -11,15 +11,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
-from pathlib import Path
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from edt_jax import data as data_lib
+from edt_jax import paths
 from edt_jax.data.folder import IMAGE_EXTENSIONS
 from edt_jax.data.pixels import save_grid, to_model_range
 from edt_jax.restoration import evaluation
@@ -27,6 +29,7 @@ from edt_jax.restoration.build import Restorers, load_denoiser, load_network, tr
 from edt_jax.restoration.data import ArraySource, build_bank, degrade, load_images
 from edt_jax.restoration.degradations import create_degradation, image_keys
 from edt_jax.training.loop import TrainResult
+from edt_jax.training.workdir_lock import hold_workdir
 
 __all__ = ["config_degradation", "evaluate", "read_folder", "restore_folder", "source_images", "train"]
 
@@ -54,7 +57,11 @@ def config_degradation(config: ml_collections.ConfigDict):
 def train(config: ml_collections.ConfigDict, workdir, name: str) -> TrainResult:
     """Train network ``name`` (``build.NETWORKS``) into ``workdir/<name>``; the fusion net on a bank of x0_IR
     (the trained ``ir`` network's estimates of the degraded training images)."""
-    workdir = Path(workdir)
+    with hold_workdir(paths.as_path(workdir) / name):  # at once, before the bank of x0_IR is computed
+        return _train(config, paths.as_path(workdir), name)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path, name: str) -> TrainResult:
     degradation = config_degradation(config)
     images = source_images(config, "train")
     if name != "fusion":  # the IR nets and the conditional baseline degrade on the fly
@@ -70,7 +77,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir, method: str) -> dict:
     """Restore the first ``config.eval.num_test`` test images with ``method`` and score them: {"method",
     "degradation", "num_images", "psnr", "ssim", "consistency" (means), "nfe", "seconds_per_image" (of a warm
     call), "sample"}, also written to ``workdir/eval.json``."""
-    workdir = Path(workdir)
+    workdir = paths.as_path(workdir)
     degradation = config_degradation(config)
     x0 = to_model_range(source_images(config, "test")[: config.eval.num_test])
     indices = np.arange(len(x0))
@@ -88,24 +95,24 @@ def evaluate(config: ml_collections.ConfigDict, workdir, method: str) -> dict:
     return result
 
 
-def read_folder(folder: Path, channels: int) -> tuple[list[Path], np.ndarray]:
+def read_folder(folder: epath.Path, channels: int) -> tuple[list[epath.Path], np.ndarray]:
     """(paths, (N, H, W, C) uint8) of the images in ``folder``; one-line errors when empty or unreadable."""
     if not folder.is_dir():
         raise FileNotFoundError(f"--input {folder} is not a folder")
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not paths:
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
         raise ValueError(f"--input {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     images = []
-    for path in paths:
+    for path in files:
         try:
-            with Image.open(path) as im:
+            with path.open("rb") as f, Image.open(f) as im:
                 im = im.convert("L" if channels == 1 else "RGB")
                 images.append(np.asarray(im).reshape(im.size[1], im.size[0], channels))
         except OSError as err:
             raise ValueError(f"cannot read image {path}: {err}") from None
     if len({im.shape for im in images}) != 1:
         raise ValueError(f"the images in {folder} differ in size: {sorted({im.shape for im in images})}")
-    return paths, np.stack(images)
+    return files, np.stack(images)
 
 
 def restore_folder(config: ml_collections.ConfigDict, workdir, input_dir, output_dir, *, clean_input: bool = False,
@@ -116,12 +123,13 @@ def restore_folder(config: ml_collections.ConfigDict, workdir, input_dir, output
 
     Returns {"method", "nfe", "num_images", "output" (the folder)}.
     """
-    input_dir, output_dir = Path(input_dir).expanduser().resolve(), Path(output_dir).expanduser().resolve()
+    input_dir, output_dir = (paths.as_path(d if paths.is_url(d) else os.path.realpath(paths.expand(d)))
+                             for d in (input_dir, output_dir))
     if output_dir == input_dir or input_dir in output_dir.parents:
         raise ValueError(f"--output {output_dir} is (inside) the --input folder; choose another folder, the input "
                          f"is never overwritten")
     degradation = config_degradation(config)
-    paths, images = read_folder(input_dir, config.data.channels)
+    files, images = read_folder(input_dir, config.data.channels)
     size = config.data.image_size
     image_shape = (size, size, config.data.channels)
     indices = np.arange(len(images))
@@ -135,11 +143,11 @@ def restore_folder(config: ml_collections.ConfigDict, workdir, input_dir, output
             raise ValueError(f"--input images are {images.shape[1:]}; {degradation.spec()!r} of {image_shape} "
                              f"images gives {expected}")
         y = to_model_range(images)
-    restore = Restorers(config, Path(workdir), degradation, image_shape).get(method)
+    restore = Restorers(config, workdir, degradation, image_shape).get(method)
     x_hat = restore(y, indices, config.sample.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
-    for i, path in enumerate(paths):
+    for i, path in enumerate(files):
         save_grid(x_hat[i:i + 1], output_dir / f"{path.stem}.png", columns=1)
         if clean_input:
             save_grid(y[i:i + 1], output_dir / f"{path.stem}_degraded.png", columns=1)
-    return {"method": method, "nfe": restore.nfe, "num_images": len(paths), "output": str(output_dir)}
+    return {"method": method, "nfe": restore.nfe, "num_images": len(files), "output": str(output_dir)}

@@ -8,13 +8,12 @@ paths and ``gs://`` both work.
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
-from etils import epath
 
 from edt_jax import data as data_lib
+from edt_jax import paths
 from edt_jax.diffusion import NoiseScheduleVP
 from edt_jax.diffusion.timestep_sampling import create_timestep_sampler
 from edt_jax.models import EDT, MDTv2, create_model
@@ -34,14 +33,12 @@ def to_plain(value):
     return value
 
 
-def expand_path(path: str) -> str:
-    """``~`` expanded for local paths; URLs such as ``gs://bucket/dir`` unchanged."""
-    return path if "://" in path else os.path.expanduser(path)
+expand_path = paths.expand  # ``~`` expanded for local paths; URLs such as ``gs://bucket/dir`` unchanged
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:
     """The ``config.json`` a training run wrote into ``workdir``; a one-line error when there is none."""
-    path = epath.Path(expand_path(str(workdir))) / CONFIG_FILENAME
+    path = paths.as_path(workdir) / CONFIG_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; is {workdir} a launch.train workdir?")
     return ml_collections.ConfigDict(json.loads(path.read_text()))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import grain
 import jax
@@ -28,6 +27,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from edt_jax import data as data_lib
+from edt_jax import paths
 from edt_jax.batching import map_in_batches, round_up
 from edt_jax.data.latent_cache import ChunkStore, build_dataset_from_chunks
 from edt_jax.runs import build
@@ -88,12 +88,12 @@ def extract(config, vae_path: str | None, output: str, *, source_spec: str | Non
         raise ValueError("no VAE weights: pass --vae or set vae.path in the config")
     vae, params, scale = built
     data_dir = config.data.get("data_dir") or None
-    source = data_lib.create_source(source_spec, data_dir=build.expand_path(data_dir) if data_dir else None)
+    source = data_lib.create_source(source_spec, data_dir=paths.expand(data_dir) if data_dir else None)
     total = len(source) if num_examples is None else min(num_examples, len(source))
     image_size = config.data.get("image_size")
     settings = dict(source=source_spec, vae=str(vae_path or config.vae.path), vae_config=build.to_plain(config.vae),
                     image_size=image_size, store=store, seed=seed)
-    store_ = ChunkStore(Path(output).expanduser() / f"{name}_chunks", total, chunk_size, settings)
+    store_ = ChunkStore(paths.as_path(output) / f"{name}_chunks", total, chunk_size, settings)
     mesh = sharding.create_mesh(devices=jax.local_devices())  # each process encodes its own chunks
     encode = make_encoder(vae, params, scale, store, seed, mesh)
     records = grain.MapDataset.source(source).map(data_lib.Preprocess(image_size, 3, config.data.get("label_key")))
@@ -123,7 +123,7 @@ def extract(config, vae_path: str | None, output: str, *, source_spec: str | Non
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("latent chunks written")
     if jax.process_index() == 0:
-        build_dataset_from_chunks(store_, Path(output).expanduser(), name)
+        build_dataset_from_chunks(store_, paths.expand(output), name)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("latent dataset written")
     return name

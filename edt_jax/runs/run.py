@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from etils import epath
 
+from edt_jax import paths
 from edt_jax.batching import round_up
 from edt_jax.data.pixels import to_uint8
 from edt_jax.mesh import batch_devices, create_mesh
@@ -206,7 +206,7 @@ class Run:
                                   inception_weights=inception_weights, seed=seed,
                                   shapes_source=self.config.get("data", {}).get("source"))
         if samples_path:
-            with epath.Path(samples_path).open("wb") as f:
+            with paths.as_path(samples_path).open("wb") as f:
                 np.savez(f, arr_0=images, arr_1=labels)
         sampling["guidance_scale"] = np.asarray(sampling["guidance_scale"]).tolist()  # per-call arrays as lists
         return dict(workdir=str(self.workdir), step=int(self.step), num_samples=int(num), seed=seed,
@@ -246,7 +246,7 @@ def load_frozen_run(workdir, image_shape: Sequence[int], *, role: str, user: str
     """The run in ``workdir`` as the frozen network of another system (DP-IR's denoiser, DisDiff's DPM): one-line
     errors naming ``role`` when the directory is missing or the run was not trained on ``image_shape`` (H, W, C)
     images (``user`` says who needs them, e.g. "this config restores")."""
-    if not epath.Path(build.expand_path(str(workdir))).is_dir():
+    if not paths.as_path(workdir).is_dir():
         raise FileNotFoundError(f"the {role} workdir {workdir} does not exist; give a launch.train run directory")
     run = load_run(workdir)
     run.check_image_shape(image_shape, role=role, user=user)
@@ -261,13 +261,13 @@ def load_run(workdir, step: int | None = None, use_ema: bool | None = True, *, v
     read (no optimizer is built), sharded over ``mesh`` (default: all devices, batch-parallel) by the run's
     sharding rules. ``vae_path`` overrides ``config.vae.path`` for latent runs. One-line errors when the
     directory is not a run or holds no checkpoint."""
-    workdir = build.expand_path(str(workdir))
+    workdir = paths.expand(workdir)
     config = build.read_config(workdir)
     model = build.build_model(config)
     if use_ema is None:
         use_ema = bool(config.get("sample", {}).get("use_ema", True))
     mesh = create_mesh() if mesh is None else mesh
-    params, step = load_params(epath.Path(workdir) / "checkpoints", model_init(model, model_example(model)), mesh,
+    params, step = load_params(paths.as_path(workdir) / "checkpoints", model_init(model, model_example(model)), mesh,
                                step=step, ema=use_ema, rules=build.build_sharding_rules(config))
     return Run(workdir=workdir, config=config, model=model, schedule=build.build_schedule(config), params=params,
                mesh=mesh, step=step, use_ema=use_ema, vae_path=vae_path)

@@ -14,11 +14,18 @@ from edt_jax.runs import build
 from edt_jax.training.loop import LoopOptions, TrainResult
 from edt_jax.training.loop import train as train_loop
 from edt_jax.training.step import diffusion_task
+from edt_jax.training.workdir_lock import hold_workdir
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     """Train (or resume) the run of ``config`` in ``workdir``: checkpoints, ``metrics.jsonl`` and ``config.json``
-    there. Raises one-line ``ValueError``s for configs the data or the model cannot serve."""
+    there. Raises one-line ``ValueError``s for configs the data or the model cannot serve, and ``WorkdirBusyError``
+    at once when another live run holds ``workdir`` (a local path or a URL such as ``gs://bucket/run``)."""
+    with hold_workdir(workdir):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> TrainResult:
     mesh = build.build_mesh(config)
     model = build.build_model(config)
     dataset, _ = build.build_dataset(config, mesh)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import signal
-from pathlib import Path
 
 import grain
 import jax
@@ -23,12 +22,14 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from edt_jax import paths
 from edt_jax.data.pipeline import to_global
 from edt_jax.training import sharding as sharding_lib
 from edt_jax.training.checkpoint import Checkpointer, restore_newest_readable, save_config
 from edt_jax.training.metrics import MetricsWriter
 from edt_jax.training.task import Task, compile_update_step, make_update_step
 from edt_jax.training.train_state import abstract_state, create_state
+from edt_jax.training.workdir_lock import hold_workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,31 +61,37 @@ class _StopFlag:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def agreed(self) -> bool:
-        """Whether any process was signalled; every process must call this at the same steps.
+    def agreed(self, lost: bool = False) -> tuple[bool, bool]:
+        """``(signalled, lost)`` on any process; every process must call this at the same steps.
 
         A scheduler may signal only some hosts of a job (or signal them at slightly different
         times). Stopping is collective: the final save and every later step involve all processes,
         so a host that stopped alone would leave the others blocked in a collective. One tiny
-        all-gather per step makes every host stop after the same step.
+        all-gather per step makes every host stop after the same step. ``lost``: this process's hold on
+        the workdir was taken over (``workdir_lock``), which stops every process too.
         """
-        requested = self.signal is not None
-        if jax.process_count() == 1:
-            return requested
-        return bool(np.any(multihost_utils.process_allgather(np.int32(requested))))
+        flags = np.array([self.signal is not None, lost], np.int32)
+        if jax.process_count() > 1:
+            flags = np.any(multihost_utils.process_allgather(flags), axis=0)
+        return bool(flags[0]), bool(flags[1])
 
 
 def train(task: Task, tx: optax.GradientTransformation, dataset: grain.IterDataset, mesh: Mesh,
-          workdir: str | Path, options: LoopOptions, *, config: dict | None = None,
+          workdir: paths.PathLike, options: LoopOptions, *, config: dict | None = None,
           rules=sharding_lib.LOGICAL_RULES) -> TrainResult:
     """Train ``task`` until ``options.total_steps``, resuming from the newest readable checkpoint in ``workdir``.
 
     ``dataset`` yields host batches (dicts of arrays with a common leading batch axis); the task's
     ``prepare_batch`` completes them on the host; ``rules`` map the parameters' logical axes onto the
-    mesh. Raises ``FloatingPointError`` naming the step when the loss becomes NaN or inf (the last
-    good checkpoint is kept).
+    mesh. ``workdir`` is a local path or a URL (``gs://bucket/run``). Raises ``FloatingPointError`` naming the
+    step when the loss becomes NaN or inf (the last good checkpoint is kept), and ``WorkdirBusyError`` when
+    another live run holds ``workdir``.
     """
-    workdir = Path(workdir)
+    with hold_workdir(workdir) as hold:
+        return _train(task, tx, dataset, mesh, paths.as_path(workdir), options, config, rules, hold)
+
+
+def _train(task, tx, dataset, mesh, workdir, options, config, rules, hold) -> TrainResult:
     workdir.mkdir(parents=True, exist_ok=True)
     if config is not None:
         save_config(workdir, config)
@@ -135,7 +142,9 @@ def train(task: Task, tx: optax.GradientTransformation, dataset: grain.IterDatas
                 task.after_step(metrics)
             log_now = step % options.log_every_steps == 0 or step == options.total_steps
             save_now = step % options.checkpoint_every_steps == 0 or step == options.total_steps
-            stopping = stop.agreed()
+            stopping, lost = stop.agreed(hold.lost)
+            if lost:  # another run owns the workdir now: write nothing more
+                raise hold.lost_error()
             if log_now or save_now or stopping:
                 scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
                 if not math.isfinite(scalars["loss"]):
