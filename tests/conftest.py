@@ -92,22 +92,3 @@ def tiny_shapes_run(tmp_path_factory):
 
     return shared_once(tmp_path_factory, "tiny_shapes_run", build)
 
-
-RESUMABLE_STEPS, RESUMABLE_EVERY = 24, 8  # the resume tests' run: masked pass, a checkpoint every 8 steps
-
-
-@pytest.fixture(scope="session")
-def resumable_run(tmp_path_factory):
-    """An uninterrupted run of the shapes_edt_tiny test config (masked pass) over ``RESUMABLE_STEPS`` steps, every
-    loss logged, a checkpoint every ``RESUMABLE_EVERY``: the reference that killed-and-resumed runs (local and
-    ``gs://``) must reproduce loss for loss. Tests must not write into it."""
-    from configs import shapes_edt_tiny
-    from edt_jax.runs import train
-
-    def build(workdir: Path) -> None:
-        config = shapes_edt_tiny.get_config("test")
-        config.update(dict(total_steps=RESUMABLE_STEPS, log_every_steps=1, checkpoint_every_steps=RESUMABLE_EVERY))
-        train(config, str(workdir))
-
-    return shared_once(tmp_path_factory, "resumable_run", build)
-

@@ -1,7 +1,9 @@
-"""The trainer: learning, sharded-step equivalence, resume after kill -9, preemption, restore on fewer devices."""
+"""The trainer: learning, sharded-step equivalence, resume after kill -9 (locally and in a ``gs://`` bucket, against a
+real GCS emulator), preemption, one run per workdir, restore on fewer devices."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import RESUMABLE_EVERY, RESUMABLE_STEPS
+from gcs_emulator import BUCKET, gcs_emulator
 
+import edt_jax
 from configs import shapes_dit_tiny, shapes_edt_tiny
+from edt_jax import paths
 from edt_jax.data import create_source
 from edt_jax.runs import build as builders
 from edt_jax.runs import train as run
@@ -81,7 +85,14 @@ def test_step_on_8_devices_equals_step_on_1():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
-TOTAL, EVERY = RESUMABLE_STEPS, RESUMABLE_EVERY  # the resume tests' run (conftest.resumable_run)
+TOTAL, EVERY = 24, 8  # the resume tests' run: masked pass, a checkpoint every 8 steps
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run(tiny_config(True, total_steps=TOTAL, log_every_steps=1, checkpoint_every_steps=EVERY), str(workdir))
+    return workdir, result
 
 
 def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: float = 240.0) -> None:
@@ -95,8 +106,8 @@ def wait_for_step(proc: subprocess.Popen, workdir: Path, step: int, timeout: flo
     raise AssertionError(f"step {step} not reached in {timeout} s")
 
 
-def test_kill_9_then_resume_continues_exactly(resumable_run, tmp_path):
-    reference_dir = resumable_run
+def test_kill_9_then_resume_continues_exactly(uninterrupted, tmp_path):
+    reference_dir, _ = uninterrupted
     flags = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1", f"--config.checkpoint_every_steps={EVERY}"]
     proc = launch_train(tmp_path, *flags)
     wait_for_step(proc, tmp_path, EVERY + 2)
@@ -120,18 +131,16 @@ def test_kill_9_then_resume_continues_exactly(resumable_run, tmp_path):
     np.testing.assert_allclose([got[s] for s in steps], [want[s] for s in steps], rtol=2e-5)
 
 
-def test_checkpoint_from_8_devices_restores_onto_2(resumable_run):
+def test_checkpoint_from_8_devices_restores_onto_2(uninterrupted):
+    workdir, result = uninterrupted
     config = tiny_config()
     model, tx = builders.build_model(config), builders.build_optimizer(config)
-    states = []
-    for mesh in (sharding.create_mesh(data=4, fsdp=2), sharding.create_mesh(data=1, fsdp=2, devices=jax.devices()[:2])):
-        state, _, extra = Checkpointer(resumable_run / "checkpoints").restore(
-            abstract_train_state(model, tx, EXAMPLE, mesh))
-        assert int(state.step) == TOTAL and extra is not None
-        states.append(state)
-    for state, devices in zip(states, (8, 2), strict=True):
-        assert state.params["blocks_0"]["mlp"]["fc1"]["kernel"].sharding.mesh.devices.size == devices
-    for a, b in zip(jax.tree.leaves(states[0].params), jax.tree.leaves(states[1].params), strict=True):
+    mesh = sharding.create_mesh(data=1, fsdp=2, devices=jax.devices()[:2])
+    state, _, extra = Checkpointer(workdir / "checkpoints").restore(abstract_train_state(model, tx, EXAMPLE, mesh))
+    assert int(state.step) == TOTAL and extra is not None
+    kernel = state.params["blocks_0"]["mlp"]["fc1"]["kernel"]
+    assert kernel.sharding.mesh.devices.size == 2
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(result.state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
@@ -237,3 +246,41 @@ def test_two_processes_train_and_sigterm_to_one_stops_both_at_the_same_step(tmp_
     # and no timestep is drawn 10 times in so few steps, so every (t, loss) pair of both processes is kept.
     sampler = json.loads((tmp_path / "checkpoints" / str(saved) / "extra" / "metadata").read_text())
     assert sum(sampler["timestep_sampler"]["loss_counts"]) == 16 * saved
+
+
+def test_kill_9_and_resume_in_a_gcs_bucket_then_sample_and_evaluate_there(uninterrupted):
+    """The same run with its workdir in Cloud Storage (fake-gcs-server): config, orbax checkpoints (tensorstore) and
+    metrics go to ``gs://``; after a SIGKILL and a resume every loss equals the local run's, and the run samples
+    and evaluates from the bucket."""
+    reference_dir, result = uninterrupted
+    flags = [f"--config.total_steps={TOTAL}", "--config.log_every_steps=1", f"--config.checkpoint_every_steps={EVERY}"]
+    with gcs_emulator():  # sets the clients' endpoint variables here, so launch_train's subprocesses inherit them
+        workdir = f"gs://{BUCKET}/runs/shapes"
+        proc = launch_train(workdir, *flags)
+        committed = paths.as_path(workdir) / "checkpoints" / str(EVERY) / "commit_success.txt"
+        deadline = time.time() + 240
+        while not committed.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)  # each look is a request to the emulator: don't compete with the trainer for the CPU
+        assert proc.poll() is None and committed.exists(), "no complete checkpoint in the bucket"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        killed_at = max(losses(paths.as_path(workdir)))
+        resumed = launch_train(workdir, *flags)
+        output = resumed.communicate(timeout=300)[0].decode()
+        assert resumed.returncode == 0, output[-3000:]
+        resumed_from = int(output.split("resumed from step ")[1].split()[0])
+        assert resumed_from % EVERY == 0 and 0 < resumed_from <= killed_at < TOTAL  # killed mid-run, steps replayed
+        got, want = losses(paths.as_path(workdir)), losses(reference_dir)
+        assert sorted(got) == list(range(1, TOTAL + 1))
+        np.testing.assert_allclose([got[s] for s in range(1, TOTAL + 1)], [want[s] for s in range(1, TOTAL + 1)],
+                                   rtol=2e-5)
+        run_in_bucket = edt_jax.load_run(workdir)
+        assert run_in_bucket.step == TOTAL
+        for a, b in zip(jax.tree.leaves(run_in_bucket.params), jax.tree.leaves(result.state.ema_params), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        report = run_in_bucket.evaluate(["fd_shapes"], 8, steps=3, samples_path=f"{workdir}/samples.npz")
+        with (paths.as_path(workdir) / "samples.npz").open("rb") as f, np.load(io.BytesIO(f.read())) as data:
+            written, labels = data["arr_0"], data["arr_1"]
+        assert report["metrics"]["FD_shapes"] > 0 and written.shape == (8, 32, 32, 3)
+        np.testing.assert_array_equal(written, run_in_bucket.sample(labels, steps=3, batch_size=8, as_uint8=True))
+

@@ -143,6 +143,9 @@ class _FileLock:
             holder = Holder.parse(handle.read())
             handle.close()
             raise _busy(self.workdir, holder) from None
+        except OSError as err:  # a filesystem without locks (some FUSE mounts): train, but say it is unguarded
+            logging.warning("workdir %s: this filesystem cannot lock files (%s); a second run on it would not be "
+                            "stopped", self.workdir, err)
         handle.seek(0)
         handle.truncate()
         handle.write(Holder.of_this_process().to_json())
@@ -153,7 +156,8 @@ class _FileLock:
         if self._file is not None:
             # The file stays (with the last holder's details): deleting it would let a run that opened it just
             # before the deletion lock the old inode while a third locks a new one.
-            self._fcntl.flock(self._file, self._fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # nothing to unlock where the filesystem had no locks
+                self._fcntl.flock(self._file, self._fcntl.LOCK_UN)
             self._file.close()
             self._file = None
 
