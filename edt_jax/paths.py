@@ -9,8 +9,11 @@ orbax's tensorstore); it reads none itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
+import numpy as np
 from etils import epath
 
 PathLike = str | os.PathLike
@@ -29,3 +32,10 @@ def expand(path: PathLike) -> str:
 def as_path(path: PathLike) -> epath.Path:
     """``path`` (a string, ``pathlib.Path`` or epath) as an ``epath.Path``, ``~`` expanded for local paths."""
     return epath.Path(expand(path))
+
+
+@contextlib.contextmanager
+def open_npz(path: PathLike) -> Iterator[np.lib.npyio.NpzFile]:
+    """``np.load`` of the ``.npz`` file at ``path`` (local or a URL), without pickles, open for the ``with`` body."""
+    with as_path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
+        yield data

@@ -3,7 +3,6 @@ real GCS emulator), preemption, one run per workdir, restore on fewer devices.""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -279,7 +278,7 @@ def test_kill_9_and_resume_in_a_gcs_bucket_then_sample_and_evaluate_there(uninte
         for a, b in zip(jax.tree.leaves(run_in_bucket.params), jax.tree.leaves(result.state.ema_params), strict=True):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         report = run_in_bucket.evaluate(["fd_shapes"], 8, steps=3, samples_path=f"{workdir}/samples.npz")
-        with (paths.as_path(workdir) / "samples.npz").open("rb") as f, np.load(io.BytesIO(f.read())) as data:
+        with paths.open_npz(f"{workdir}/samples.npz") as data:
             written, labels = data["arr_0"], data["arr_1"]
         assert report["metrics"]["FD_shapes"] > 0 and written.shape == (8, 32, 32, 3)
         np.testing.assert_array_equal(written, run_in_bucket.sample(labels, steps=3, batch_size=8, as_uint8=True))

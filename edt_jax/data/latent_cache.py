@@ -99,7 +99,7 @@ class ChunkStore:
         _write_atomic(self.path(index), buffer.getvalue(), temporary=self.path(index).with_suffix(".tmp.npz"))
 
     def read(self, index: int) -> dict[str, np.ndarray]:
-        with self.path(index).open("rb") as f, np.load(f, allow_pickle=False) as data:
+        with paths.open_npz(self.path(index)) as data:
             return {k: data[k] for k in data.files}
 
 

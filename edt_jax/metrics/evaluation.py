@@ -37,19 +37,13 @@ METRICS = ("fd_shapes", "fd_mnist5k", "pr_shapes", "pr_mnist5k", "acc_shapes", "
 def reference_images(spec: str, num: int, seed: int, data_dir: str | None = None) -> np.ndarray:
     """Up to ``num`` uint8 images (N, H, W, C) of a data source or of an ADM batch ``.npz`` (``arr_0``)."""
     if spec.endswith(".npz"):
-        with paths.as_path(spec).open("rb") as f, np.load(f, allow_pickle=False) as data:
+        with paths.open_npz(spec) as data:
             if "arr_0" not in data.files:
                 raise ValueError(f"{spec!r} holds {sorted(data.files)}, no reference images (arr_0)")
             return data["arr_0"][:num]
     source = data_lib.create_source(spec, data_dir=data_dir)
     indices = np.sort(np.random.default_rng(seed).choice(len(source), min(num, len(source)), replace=False))
     return np.stack([np.asarray(source[int(i)]["image"]) for i in indices])
-
-
-def _holds(npz: str, key: str) -> bool:
-    """Whether the ``.npz`` file ``npz`` (local or a URL) has an entry ``key``."""
-    with paths.as_path(npz).open("rb") as f, np.load(f, allow_pickle=False) as data:
-        return key in data.files
 
 
 class Inception:
@@ -142,7 +136,10 @@ def compute_metrics(images: np.ndarray, metrics: list[str], *, labels: np.ndarra
         return real_features
 
     if "fid" in metrics:
-        stats_file = reference and reference.endswith(".npz") and _holds(reference, "mu")
+        stats_file = False
+        if reference and reference.endswith(".npz"):
+            with paths.open_npz(reference) as data:
+                stats_file = "mu" in data.files
         real = load_stats(reference) if stats_file else FeatureStats.from_features(reference_features())
         results["fid"] = FeatureStats.from_features(pool3).frechet_distance(real)
     if "is" in metrics:

@@ -188,7 +188,7 @@ def load_extractor(name: str, path: paths.PathLike | None = None, batch_size: in
     if not path.is_file():
         raise FileNotFoundError(f"extractor weights {str(path)!r} not found; write them with "
                                 f"python -m launch.train_extractor --dataset {name} --output {path}")
-    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+    with paths.open_npz(path) as data:
         if "metadata" not in data.files:
             raise ValueError(f"{str(path)!r} is not an extractor weights file (no 'metadata' entry)")
         metadata = json.loads(str(data["metadata"]))

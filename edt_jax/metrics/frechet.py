@@ -157,7 +157,7 @@ def load_stats(path: paths.PathLike, spatial: bool = False) -> FeatureStats:
                                 f"(ours, pytorch-fid's or an ADM reference batch such as "
                                 f"VIRTUAL_imagenet256_labeled.npz)")
     mu_key, sigma_key = ("mu_s", "sigma_s") if spatial else ("mu", "sigma")
-    with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+    with paths.open_npz(path) as data:
         if mu_key not in data.files or sigma_key not in data.files:
             raise ValueError(f"statistics file {str(path)!r} holds keys {sorted(data.files)}, but "
                            f"{mu_key!r} and {sigma_key!r} are expected")

@@ -189,7 +189,7 @@ def load_state_dict(path: paths.PathLike, key: str | None = None) -> dict[str, n
                                 f"and pass their local path (nothing is fetched at run time)")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with path.open("rb") as f, np.load(f, allow_pickle=False) as data:
+        with paths.open_npz(path) as data:
             names = [n for n in data.files if n.startswith("param/")] or list(data.files)
             return {n.removeprefix("param/"): data[n] for n in names}
     if suffix == ".safetensors":

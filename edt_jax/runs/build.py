@@ -33,9 +33,6 @@ def to_plain(value):
     return value
 
 
-expand_path = paths.expand  # ``~`` expanded for local paths; URLs such as ``gs://bucket/dir`` unchanged
-
-
 def read_config(workdir) -> ml_collections.ConfigDict:
     """The ``config.json`` a training run wrote into ``workdir``; a one-line error when there is none."""
     path = paths.as_path(workdir) / CONFIG_FILENAME
@@ -91,8 +88,7 @@ def build_optimizer(config: ml_collections.ConfigDict):
 def build_dataset(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     """(grain dataset of host batches, source) from ``config.data`` and the global ``config.batch_size``."""
     d = to_plain(config.data)
-    data_dir = d.get("data_dir")
-    source = data_lib.create_source(d["source"], data_dir=expand_path(data_dir) if data_dir else None,
+    source = data_lib.create_source(d["source"], data_dir=d.get("data_dir") or None,
                                     split=d.get("split", "train"))
     host_batch = data_lib.host_batch_size(config.batch_size, mesh=mesh)
     dataset = data_lib.create_dataset(source, host_batch, seed=config.seed, image_size=d.get("image_size"),
@@ -122,4 +118,4 @@ def build_vae(config: ml_collections.ConfigDict, path: str | None = None):
     scale = float(settings.pop("scale", SD_VAE_SCALE))
     settings.pop("path", None)
     vae = create_vae(**settings)
-    return vae, load_vae_weights(expand_path(path), vae), scale
+    return vae, load_vae_weights(path, vae), scale

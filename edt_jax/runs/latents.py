@@ -87,8 +87,7 @@ def extract(config, vae_path: str | None, output: str, *, source_spec: str | Non
     if built is None:
         raise ValueError("no VAE weights: pass --vae or set vae.path in the config")
     vae, params, scale = built
-    data_dir = config.data.get("data_dir") or None
-    source = data_lib.create_source(source_spec, data_dir=paths.expand(data_dir) if data_dir else None)
+    source = data_lib.create_source(source_spec, data_dir=config.data.get("data_dir") or None)
     total = len(source) if num_examples is None else min(num_examples, len(source))
     image_size = config.data.get("image_size")
     settings = dict(source=source_spec, vae=str(vae_path or config.vae.path), vae_config=build.to_plain(config.vae),
