@@ -35,6 +35,12 @@ def _betas_for_alpha_bar(num_steps: int, alpha_bar, max_beta: float = 0.999) -> 
     return np.asarray(betas, dtype=np.float64)
 
 
+def cosine_betas(num_steps: int) -> np.ndarray:
+    """(num_steps,) float64 betas of improved DDPM's squared-cosine alpha_bar (s = 0.008, betas capped at 0.999);
+    diffusers calls it ``squaredcos_cap_v2``."""
+    return _betas_for_alpha_bar(num_steps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
+
+
 def beta_schedule(name: str, num_steps: int) -> np.ndarray:
     """(num_steps,) float64 betas of a named schedule, as ADM's ``get_named_beta_schedule``.
 
@@ -53,7 +59,7 @@ def beta_schedule(name: str, num_steps: int) -> np.ndarray:
         return np.linspace(scale * 0.0001, scale * 0.02, num_steps, dtype=np.float64)
     if name == "scaled_linear":
         return np.linspace(0.00085**0.5, 0.012**0.5, num_steps, dtype=np.float64) ** 2
-    return _betas_for_alpha_bar(num_steps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
+    return cosine_betas(num_steps)
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Sequence[int]) -> set[int]:

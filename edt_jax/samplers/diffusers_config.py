@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from edt_jax.diffusion.ddpm import cosine_betas
+
 UNIPC, DPM, DDIM = "UniPCMultistepScheduler", "DPMSolverMultistepScheduler", "DDIMScheduler"
 SCHEDULER_CLASSES = (UNIPC, DPM, DDIM)
 
@@ -185,10 +187,8 @@ def alphas_cumprod(cfg: Mapping[str, Any]) -> np.ndarray:
         betas = np.linspace(cfg["beta_start"], cfg["beta_end"], n).astype(np.float32)
     elif cfg["beta_schedule"] == "scaled_linear":
         betas = np.linspace(cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, n).astype(np.float32) ** 2
-    else:  # squaredcos_cap_v2: GLIDE's cosine alpha-bar, betas capped at 0.999, computed in float64
-        def alpha_bar(t):
-            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-        betas = np.asarray([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999) for i in range(n)], np.float32)
+    else:  # squaredcos_cap_v2: computed in float64, as diffusers does, then float32
+        betas = cosine_betas(n).astype(np.float32)
     alphas = (np.float32(1.0) - betas).astype(np.float64)
     return np.cumprod(alphas).astype(np.float32)
 
