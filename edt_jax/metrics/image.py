@@ -279,6 +279,13 @@ def _lpips_weights_path(net: str, weights: paths.PathLike | None) -> paths.epath
 @functools.lru_cache(maxsize=4)
 def _lpips_params(net: str, weights: str | None) -> dict[str, list]:
     """{"convs": [(HWIO kernel, bias), ...], "heads": [(C,) weights, ...]} on the device, read once per file."""
+    # Built eagerly even when the first call is traced inside a caller's jit: the cache must hold concrete arrays,
+    # not that trace's tracers (they would escape into every later call).
+    with jax.ensure_compile_time_eval():
+        return _read_lpips_params(net, weights)
+
+
+def _read_lpips_params(net: str, weights: str | None) -> dict[str, list]:
     path = _lpips_weights_path(net, weights)
     with path.open("rb") as f:
         tree = _ArrayUnpickler(f).load()
