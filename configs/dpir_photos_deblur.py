@@ -8,6 +8,7 @@ Each test image keeps its own kernel (fixed by its index and the seed), so the t
 """
 
 from configs.base import dpir_config, dpir_test_variant
+from configs.dpir_photos_sr4 import add_gaussian_denoiser
 
 
 def get_config(arg=None):
@@ -17,4 +18,5 @@ def get_config(arg=None):
     degradation = "motion_blur:size=9,intensity=0.5+noise:sigma=0.01"
     c = dpir_config(f"photos:{size}:train", f"photos:{size}:test", degradation, channels=3, size=size)
     c.ddnm.update(dict(iters=100, damping=1e-2))  # square blurs are ill-conditioned: undamped CG does not converge
+    add_gaussian_denoiser(c, test=arg == "test")
     return dpir_test_variant(c) if arg == "test" else c

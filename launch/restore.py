@@ -8,8 +8,12 @@
     python -m launch.restore --config ... --workdir DIR --mode restore --input degraded/ --output restored/
         # --degrade: --input holds clean images, degraded here first (both written to --output)
 
-Modes train_ir / train_ir_alt / train_fusion / train_conditional write ``DIR/<network>/`` through the
-library's one trainer (resumable, kill -9 safe); evaluate prints and writes ``DIR/eval.json``. Each mode is one
+    python -m launch.restore --config configs/dpir_photos_sr4.py --workdir DIR --mode train_denoiser   # then
+        # train_fusion / evaluate with --config.denoiser=gaussian: DP-IR on the Gaussian CNN denoiser
+
+Modes train_ir / train_ir_alt / train_fusion / train_conditional / train_denoiser write ``DIR/<network>/``
+(``DIR/fusion_gaussian/`` for the fusion net of ``--config.denoiser=gaussian``) through the library's one trainer
+(resumable, kill -9 safe); evaluate prints and writes ``DIR/eval.json``. Each mode is one
 call of ``edt_jax.restoration.tasks`` (``train``, ``evaluate``, ``restore_folder``).
 """
 
@@ -23,7 +27,7 @@ from edt_jax.restoration.build import network_summary
 from edt_jax.training.checkpoint import UnreadableCheckpointError
 from launch import common
 
-MODES = ("train_ir", "train_ir_alt", "train_fusion", "train_conditional", "restore", "evaluate")
+MODES = ("train_ir", "train_ir_alt", "train_fusion", "train_conditional", "train_denoiser", "restore", "evaluate")
 
 common.define_config_flag()
 common.define_flag(flags.DEFINE_string, "workdir", None, "directory of the run's networks and results")

@@ -15,7 +15,7 @@ from PIL import Image
 
 from configs import dpir_mnist_sr4, dpir_photos_sr4
 from edt_jax.restoration import create_degradation, tasks
-from edt_jax.restoration.build import METHODS, Restorers
+from edt_jax.restoration.build import METHODS, Restorers, load_denoiser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,8 @@ def test_every_kind_of_method_evaluates_and_reports_nfe(dpir_run):
     nfe = {}
     for method in ("ir", "dpir", "ddnm", "conditional"):  # ir_alt / dpir_ir_alt: the same code on another net
         result = tasks.evaluate(config, workdir, method)
-        assert result["num_images"] == 8 and np.isfinite([result["psnr"], result["ssim"], result["consistency"]]).all()
+        assert result["num_images"] == 8
+        assert np.isfinite([result["psnr"], result["ssim"], result["lpips"], result["consistency"]]).all()
         nfe[method] = result["nfe"]
     assert nfe == {"ir": 1, "dpir": 3, "ddnm": 2, "conditional": 2}
     assert json.loads((workdir / "eval.json").read_text())["method"] == "conditional"
@@ -69,6 +70,28 @@ def test_tau_start_and_seeds(dpir_run):
         restorers.get("dpir", tau=1.5)
     with pytest.raises(ValueError, match="unknown method 'sr3'"):
         restorers.get("sr3")
+
+
+def test_the_gaussian_denoiser_route(dpir_run):
+    """config.denoiser = "gaussian": the denoiser trains into <workdir>/denoiser, its fusion net beside the EDT
+    route's (fusion_gaussian), and DP-IR runs on it; the "dpm" route's fusion net is left as it was."""
+    config, workdir = dpir_run
+    route = config.copy_and_resolve_references()
+    route.denoiser = "gaussian"
+    with pytest.raises(FileNotFoundError, match=r"no denoiser network in .*; run --mode train_denoiser first"):
+        load_denoiser(route, (32, 32, 3), workdir=workdir)
+    dpm_fusion = (workdir / "fusion" / "metrics.jsonl").read_text()
+    assert tasks.train(route, workdir, "denoiser").step == 3
+    assert tasks.train(route, workdir, "fusion").step == 3
+    assert (workdir / "fusion" / "metrics.jsonl").read_text() == dpm_fusion
+    assert json.loads((workdir / "fusion_gaussian" / "config.json").read_text())["denoiser"] == "gaussian"
+    restore = Restorers(route, workdir, create_degradation(route.degradation), (32, 32, 3)).get("dpir", steps=1)
+    y = np.random.default_rng(0).uniform(-1, 1, (8, 8, 8, 3)).astype(np.float32)
+    x_hat = restore(y, np.arange(8), 0)
+    assert restore.nfe == 2 and x_hat.shape == (8, 32, 32, 3) and np.isfinite(x_hat).all()
+    route.denoiser = "edm"
+    with pytest.raises(ValueError, match=r"unknown denoiser 'edm'; expected one of 'dpm', 'gaussian'"):
+        Restorers(route, workdir, create_degradation(route.degradation), (32, 32, 3)).get("dpir")
 
 
 def write_images(folder: Path, count: int, size: int) -> None:

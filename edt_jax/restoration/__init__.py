@@ -7,9 +7,11 @@ restore x from y with a frozen restoration network, a frozen diffusion denoiser 
     model = restoration.fused_model(predict, fusion_params, denoiser_params, x0_ir)   # (x_t, t_input) -> x0
     x_hat = restoration.restore(model, x0_ir, key, ns, sampler="ddim", steps=5, tau=0.25)
 
-From a ``configs/dpir_*.py`` config: ``restoration.build`` (the networks, their training and loading, every
-method as a ``Restorer``) and ``restoration.tasks`` (train a network, evaluate a method, restore a folder), which
-``launch/restore.py`` calls; ``docs/dpir.md`` has the results.
+DP-IR's denoiser x0_D is a library DPM (``dpir.x0_predictor``) or, as in the paper, a Gaussian denoiser
+(``GaussianDenoiser``, used through ``restoration.gaussian.x0_predictor``). From a ``configs/dpir_*.py`` config:
+``restoration.build`` (the networks, their training and loading, every method as a ``Restorer``) and
+``restoration.tasks`` (train a network, evaluate a method, restore a folder), which ``launch/restore.py`` calls;
+``docs/dpir.md`` has the results.
 """
 
 from edt_jax.restoration.baselines import ddnm_model
@@ -36,9 +38,10 @@ from edt_jax.restoration.dpir import (
     x0_regression_loss,
 )
 from edt_jax.restoration.motion_kernels import motion_kernel, motion_kernels
-from edt_jax.restoration.networks import FusionNet, NAFNet, count_params, lift
+from edt_jax.restoration.networks import FusionNet, GaussianDenoiser, NAFNet, count_params, lift
 
-__all__ = ["DEGRADATION_FORMS", "Compose", "FusionNet", "GaussianBlur", "GaussianNoise", "MotionBlur", "NAFNet",
+__all__ = ["DEGRADATION_FORMS", "Compose", "FusionNet", "GaussianBlur", "GaussianDenoiser", "GaussianNoise",
+           "MotionBlur", "NAFNet",
            "SuperResolution", "count_params", "create_degradation", "ddnm_model", "fused_model",
            "fusion_inputs", "image_keys", "ir_loss", "lift", "motion_kernel", "motion_kernels", "null_space_project",
            "pseudo_inverse", "restore", "start_state", "start_timestep", "x0_predictor", "x0_regression_loss"]

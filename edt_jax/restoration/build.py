@@ -7,12 +7,16 @@
     x_hat = restore(y, indices, seed)                                   # numpy in [-1, 1], jitted batches
 
 Networks live in ``<workdir>/<name>``: ``ir`` and ``ir_alt`` (NAFNets), ``fusion`` and ``conditional`` (the
-fusion-net architecture); the denoiser is the ``launch.train`` run of ``config.denoiser_workdir``
-(``edt_jax.load_run``). ``tasks`` runs them (train, evaluate, restore a folder); ``launch.restore`` is its flags.
+fusion-net architecture). ``config.denoiser`` picks DP-IR's denoiser x0_D: ``"dpm"`` (default), the
+``launch.train`` run of ``config.denoiser_workdir`` (``edt_jax.load_run``), or ``"gaussian"``, the paper's kind:
+a ``GaussianDenoiser`` trained here into ``<workdir>/denoiser`` (``gaussian.py``) on ``config.diffusion``'s
+schedule, whose fusion net is ``<workdir>/fusion_gaussian``. ``tasks`` runs them (train, evaluate, restore a
+folder); ``launch.restore`` is its flags.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -25,11 +29,11 @@ from edt_jax import paths
 from edt_jax.batching import map_in_batches
 from edt_jax.checks import check_choice
 from edt_jax.diffusion import NoiseScheduleVP
-from edt_jax.restoration import dpir
+from edt_jax.restoration import dpir, gaussian
 from edt_jax.restoration.baselines import ddnm_model
 from edt_jax.restoration.data import check_estimate_shape
 from edt_jax.restoration.degradations import image_keys, pseudo_inverse
-from edt_jax.restoration.networks import FusionNet, NAFNet, count_params, lift
+from edt_jax.restoration.networks import FusionNet, GaussianDenoiser, NAFNet, count_params, lift
 from edt_jax.runs import Run, load_frozen_run
 from edt_jax.runs.build import build_schedule
 from edt_jax.training import sharding
@@ -38,8 +42,22 @@ from edt_jax.training.optimizers import create_optimizer
 from edt_jax.training.task import Task
 from edt_jax.training.train_state import load_params, model_init
 
-NETWORKS = ("ir", "ir_alt", "fusion", "conditional")
+NETWORKS = ("ir", "ir_alt", "fusion", "conditional", "denoiser")  # "denoiser": the Gaussian denoiser
+DENOISERS = ("dpm", "gaussian")
 METHODS = ("ir", "ir_alt", "dpir", "dpir_ir_alt", "ddnm", "conditional")
+
+
+def denoiser_kind(config: ml_collections.ConfigDict) -> str:
+    """``config.denoiser`` ("dpm" when the config has none), checked against ``DENOISERS``."""
+    kind = config.get("denoiser", "dpm")
+    check_choice("denoiser", kind, DENOISERS)
+    return kind
+
+
+def network_dir(config: ml_collections.ConfigDict, name: str) -> str:
+    """The folder of network ``name`` in a workdir: its name, but ``fusion_gaussian`` for the fusion net of the
+    Gaussian denoiser (a fusion net learns its own denoiser's x0_D, so the two routes keep one each)."""
+    return "fusion_gaussian" if name == "fusion" and denoiser_kind(config) == "gaussian" else name
 
 
 def build_network(config: ml_collections.ConfigDict, name: str):
@@ -47,6 +65,13 @@ def build_network(config: ml_collections.ConfigDict, name: str):
     check_choice("network", name, NETWORKS)
     size, channels = config.data.image_size, config.data.channels
     image = jax.ShapeDtypeStruct((1, size, size, channels), jnp.float32)
+    if name == "denoiser":
+        if "gaussian" not in config:
+            raise ValueError("this config has no Gaussian denoiser settings (config.gaussian); see "
+                             "configs/dpir_photos_sr4.py")
+        g = config.gaussian
+        net = GaussianDenoiser(g.width, tuple(g.enc_blocks), g.middle_blocks, tuple(g.dec_blocks))
+        return net, (image, jax.ShapeDtypeStruct((1,), jnp.float32))
     part = config[name]
     if name in ("ir", "ir_alt"):
         net = NAFNet(part.width, tuple(part.enc_blocks), part.middle_blocks, tuple(part.dec_blocks))
@@ -61,7 +86,7 @@ def build_network(config: ml_collections.ConfigDict, name: str):
 def network_summary(config: ml_collections.ConfigDict, name: str) -> str:
     """One line on network ``name`` and its training: "ir: NAFNet with 12,345 parameters, 400 steps of 16 images"."""
     net, example = build_network(config, name)
-    part = config[name]
+    part = config["gaussian" if name == "denoiser" else name]
     params = jax.eval_shape(model_init(net, example), jax.random.key(0))
     return (f"{name}: {type(net).__name__} with {count_params(params):,} parameters, {part.steps} steps of "
             f"{part.batch_size} images")
@@ -73,7 +98,7 @@ def _optimizer(part: ml_collections.ConfigDict):
 
 
 def conditional_schedule(config: ml_collections.ConfigDict) -> NoiseScheduleVP:
-    """The conditional baseline's noise schedule, from ``config.diffusion``."""
+    """The schedule of ``config.diffusion``: the conditional baseline's, and the chain of the Gaussian denoiser."""
     return build_schedule(config)
 
 
@@ -85,10 +110,12 @@ def train_network(config: ml_collections.ConfigDict, workdir: paths.PathLike, na
     ``frozen`` and its schedule ``frozen_ns``.
     """
     net, example = build_network(config, name)
-    part = config[name]
+    part = config["gaussian" if name == "denoiser" else name]
     apply = lambda p, *args: net.apply({"params": p}, *args)  # noqa: E731
     if name in ("ir", "ir_alt"):
         loss_fn = dpir.ir_loss(apply, degradation, part.loss)
+    elif name == "denoiser":  # clean images only: the degradation plays no part
+        loss_fn = gaussian.denoiser_loss(apply, gaussian.sigma_range(conditional_schedule(config)))
     else:
         if name == "fusion":
             ns = frozen_ns
@@ -111,16 +138,18 @@ def train_network(config: ml_collections.ConfigDict, workdir: paths.PathLike, na
     options = LoopOptions(total_steps=part.steps, log_every_steps=config.log_every_steps,
                           checkpoint_every_steps=config.checkpoint_every_steps,
                           keep_checkpoints=config.keep_checkpoints, seed=part.get("seed", config.seed))
-    return train(task, _optimizer(part), dataset, mesh, paths.as_path(workdir) / name, options,
+    return train(task, _optimizer(part), dataset, mesh, paths.as_path(workdir) / network_dir(config, name), options,
                  config={"network": name, **config.to_dict()})
 
 
 def load_network(config: ml_collections.ConfigDict, workdir: paths.PathLike, name: str) -> tuple[object, Callable]:
     """(EMA params, fn) of a trained network; for the IR nets ``fn(y) -> x0_IR`` (it lifts y itself)."""
     net, example = build_network(config, name)
-    directory = paths.as_path(workdir) / name / "checkpoints"
+    directory = paths.as_path(workdir) / network_dir(config, name) / "checkpoints"
     if not directory.is_dir():
-        raise FileNotFoundError(f"no {name} network in {workdir}; run --mode train_{name} first")
+        route = f" with --config.denoiser={denoiser_kind(config)}" if name == "fusion" else ""
+        raise FileNotFoundError(f"no {network_dir(config, name)} network in {workdir}; run --mode train_{name}"
+                                f"{route} first")
     params, _ = load_params(directory, model_init(net, example), sharding.create_mesh())
     if name in ("ir", "ir_alt"):
         shape = example[0].shape[1:]
@@ -128,12 +157,33 @@ def load_network(config: ml_collections.ConfigDict, workdir: paths.PathLike, nam
     return params, lambda *args: net.apply({"params": params}, *args)
 
 
-def load_denoiser(config: ml_collections.ConfigDict, image_shape: tuple[int, ...]) -> Run:
-    """The frozen DPM of ``config.denoiser_workdir`` (``run.x0_predictor()``, ``run.params``, ``run.schedule``).
+@dataclasses.dataclass(frozen=True)
+class FrozenDenoiser:
+    """The Gaussian route's denoiser, read as a ``Run`` is: ``x0_predictor()``, ``params``, ``schedule``."""
 
-    The run must be trained on ``image_shape`` (H, W, C) images (one-line errors otherwise, or when the
-    config names no run or a missing directory).
+    denoise: dpir.X0Fn
+    params: object
+    schedule: NoiseScheduleVP
+
+    def x0_predictor(self) -> dpir.X0Fn:
+        return self.denoise
+
+
+def load_denoiser(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], *,
+                  workdir: paths.PathLike | None = None) -> Run | FrozenDenoiser:
+    """DP-IR's frozen x0_D (``.x0_predictor()``: ``(params, x_t, t_input) -> x0``, ``.params``, ``.schedule``).
+
+    ``config.denoiser == "dpm"``: the run of ``config.denoiser_workdir``, trained on ``image_shape`` (H, W, C)
+    images (one-line errors otherwise, or when the config names no run or a missing directory).
+    ``"gaussian"``: ``<workdir>/denoiser`` through ``gaussian.x0_predictor`` on ``config.diffusion``'s schedule.
     """
+    if denoiser_kind(config) == "gaussian":
+        if workdir is None:
+            raise ValueError("config.denoiser='gaussian' reads <workdir>/denoiser; pass the workdir")
+        net, _ = build_network(config, "denoiser")
+        params, _ = load_network(config, workdir, "denoiser")
+        ns = conditional_schedule(config)
+        return FrozenDenoiser(gaussian.x0_predictor(lambda p, x, s: net.apply({"params": p}, x, s), ns), params, ns)
     if not config.denoiser_workdir:
         raise ValueError("config.denoiser_workdir is empty; give a launch.train run on the same images "
                          "(--config.denoiser_workdir=DIR)")
@@ -174,7 +224,7 @@ class Restorers:
     def _loaded(self, what: str):
         if what not in self._cache:
             if what == "denoiser":
-                self._cache[what] = load_denoiser(self.config, self.image_shape)
+                self._cache[what] = load_denoiser(self.config, self.image_shape, workdir=self.workdir)
             else:
                 params, fn = load_network(self.config, self.workdir, what)
                 if what in ("ir", "ir_alt"):

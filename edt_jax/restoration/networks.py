@@ -72,37 +72,83 @@ class NAFNet(nn.Module):
 
     ``enc_blocks`` / ``dec_blocks`` give the blocks per level (each level halves the resolution and
     doubles the width), ``middle_blocks`` the bottleneck. H and W must be divisible by 2**levels.
+    ``out_channels`` (default: C, a residual on the input) gives a plain, non-residual output of that many
+    channels; ``emb`` (B, E), when given, is projected and added to the features at every level (the
+    Gaussian denoiser's noise-level embedding; the official weights have neither).
     """
 
     width: int = 16
     enc_blocks: tuple[int, ...] = (1, 1)
     middle_blocks: int = 1
     dec_blocks: tuple[int, ...] = (1, 1)
+    out_channels: int | None = None
 
     @nn.compact
-    def __call__(self, y):
+    def __call__(self, y, emb=None):
         levels = len(self.enc_blocks)
         if y.shape[1] % 2 ** levels or y.shape[2] % 2 ** levels:
             raise ValueError(f"NAFNet with {levels} levels needs H and W divisible by {2 ** levels}, "
                              f"got {y.shape[1]}x{y.shape[2]}")
+
+        def condition(h, name):
+            return h if emb is None else h + nn.Dense(h.shape[-1], name=name)(emb)[:, None, None, :]
+
         h = nn.Conv(self.width, (3, 3), name="intro")(y)
         skips, c = [], self.width
         for level, n in enumerate(self.enc_blocks):
+            h = condition(h, f"emb_enc{level}")
             for i in range(n):
                 h = NAFBlock(c, name=f"enc{level}_{i}")(h)
             skips.append(h)
             h = nn.Conv(2 * c, (2, 2), strides=(2, 2), name=f"down{level}")(h)
             c *= 2
+        h = condition(h, "emb_middle")
         for i in range(self.middle_blocks):
             h = NAFBlock(c, name=f"middle_{i}")(h)
         for level, n in enumerate(self.dec_blocks):
             h = nn.Conv(2 * c, (1, 1), use_bias=False, name=f"up{level}")(h)
             h = _pixel_shuffle(h, 2)
             c //= 2
-            h = h + skips.pop()
+            h = condition(h + skips.pop(), f"emb_dec{level}")
             for i in range(n):
                 h = NAFBlock(c, name=f"dec{level}_{i}")(h)
+        if self.out_channels is not None:
+            return nn.Conv(self.out_channels, (3, 3), name="ending")(h)
         return y + nn.Conv(y.shape[-1], (3, 3), name="ending")(h)
+
+
+class GaussianDenoiser(nn.Module):
+    """DP-IR's Gaussian denoiser: x0_hat = D(x~, sigma) for x~ = x0 + sigma eps; (B, H, W, C), sigma (B,).
+
+    A NAFNet conditioned on the noise level twice, as DRUNet / FFDNet and diffusion U-Nets do: a noise-level
+    map concatenated to the input, and an embedding of it added at every level.
+
+    Why the EDM preconditioning (Karras et al. 2022), D = c_skip x~ + c_out F(c_in x~, c_noise): DP-IR's chain
+    visits sigma from ~0.01 to sqrt((1 - abar_T) / abar_T) ~ 157 (linear betas). Fed raw, x~ would span four
+    orders of magnitude; c_in = 1 / sqrt(sigma^2 + s^2) gives F unit-variance inputs at every level. The
+    output interpolates: c_skip = s^2 / (sigma^2 + s^2) -> 1 keeps x~ itself at small sigma (F only predicts
+    the scaled noise), and -> 0 at large sigma, where c_out -> s bounds the estimate to F's range, so x0_hat
+    stays sane at t near T instead of amplifying x~'s huge noise. s = ``sigma_data`` (0.5: images in [-1, 1]).
+    """
+
+    width: int = 32
+    enc_blocks: tuple[int, ...] = (1, 1)
+    middle_blocks: int = 1
+    dec_blocks: tuple[int, ...] = (1, 1)
+    sigma_data: float = 0.5
+
+    @nn.compact
+    def __call__(self, x_noisy, sigma):
+        sigma = jnp.reshape(jnp.asarray(sigma, x_noisy.dtype), (-1, 1, 1, 1))
+        s2 = self.sigma_data ** 2
+        c_skip, c_out = s2 / (sigma ** 2 + s2), sigma * self.sigma_data / jnp.sqrt(sigma ** 2 + s2)
+        c_in, c_noise = 1.0 / jnp.sqrt(sigma ** 2 + s2), jnp.log(sigma) / 4.0  # c_noise in [-1.2, 1.3]
+        noise_map = jnp.broadcast_to(c_noise, (*x_noisy.shape[:3], 1))
+        emb = timestep_embedding(c_noise[:, 0, 0, 0] * 250.0, self.width)  # the embedding's usual 0..1000 range
+        emb = nn.Dense(self.width, name="noise_1")(nn.silu(nn.Dense(self.width, name="noise_0")(emb)))
+        unet = NAFNet(self.width, self.enc_blocks, self.middle_blocks, self.dec_blocks,
+                      out_channels=x_noisy.shape[-1], name="unet")
+        return c_skip * x_noisy + c_out * unet(jnp.concatenate([c_in * x_noisy, noise_map], axis=-1), nn.silu(emb))
 
 
 def _pixel_shuffle(x, r: int):

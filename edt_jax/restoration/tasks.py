@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-import jax
 import ml_collections
 import numpy as np
 from etils import epath
@@ -25,7 +24,7 @@ from edt_jax import paths
 from edt_jax.data.folder import IMAGE_EXTENSIONS
 from edt_jax.data.pixels import save_grid, to_model_range
 from edt_jax.restoration import evaluation
-from edt_jax.restoration.build import Restorers, load_denoiser, load_network, train_network
+from edt_jax.restoration.build import Restorers, load_denoiser, load_network, network_dir, train_network
 from edt_jax.restoration.data import ArraySource, build_bank, degrade, load_images
 from edt_jax.restoration.degradations import create_degradation, image_keys
 from edt_jax.training.loop import TrainResult
@@ -56,18 +55,20 @@ def config_degradation(config: ml_collections.ConfigDict):
 
 def train(config: ml_collections.ConfigDict, workdir, name: str) -> TrainResult:
     """Train network ``name`` (``build.NETWORKS``) into ``workdir/<name>``; the fusion net on a bank of x0_IR
-    (the trained ``ir`` network's estimates of the degraded training images)."""
-    with hold_workdir(paths.as_path(workdir) / name):  # at once, before the bank of x0_IR is computed
+    (the trained ``ir`` network's estimates of the degraded training images), into ``workdir/fusion_gaussian``
+    with ``config.denoiser = "gaussian"``; the Gaussian denoiser (``"denoiser"``) on the clean images."""
+    # At once, before the bank of x0_IR is computed.
+    with hold_workdir(paths.as_path(workdir) / network_dir(config, name)):
         return _train(config, paths.as_path(workdir), name)
 
 
 def _train(config: ml_collections.ConfigDict, workdir: epath.Path, name: str) -> TrainResult:
     degradation = config_degradation(config)
     images = source_images(config, "train")
-    if name != "fusion":  # the IR nets and the conditional baseline degrade on the fly
+    if name != "fusion":  # the IR nets and the conditional baseline degrade on the fly; the denoiser needs none
         return train_network(config, workdir, name, ArraySource(image=images), degradation)
     # The denoiser first: a wrong run fails before the bank is computed.
-    denoiser = load_denoiser(config, images.shape[1:])
+    denoiser = load_denoiser(config, images.shape[1:], workdir=workdir)
     source = build_bank(images, degradation, load_network(config, workdir, "ir")[1], seed=config.seed)
     return train_network(config, workdir, name, source, degradation, denoise=denoiser.x0_predictor(),
                          frozen=denoiser.params, frozen_ns=denoiser.schedule)
@@ -75,8 +76,8 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, name: str) ->
 
 def evaluate(config: ml_collections.ConfigDict, workdir, method: str) -> dict:
     """Restore the first ``config.eval.num_test`` test images with ``method`` and score them: {"method",
-    "degradation", "num_images", "psnr", "ssim", "consistency" (means), "nfe", "seconds_per_image" (of a warm
-    call), "sample"}, also written to ``workdir/eval.json``."""
+    "degradation", "num_images", "psnr", "ssim", "lpips" (unless ``config.eval.lpips`` is None), "consistency"
+    (means), "nfe", "seconds_per_image" (of a warm call), "sample"}, also written to ``workdir/eval.json``."""
     workdir = paths.as_path(workdir)
     degradation = config_degradation(config)
     x0 = to_model_range(source_images(config, "test")[: config.eval.num_test])
@@ -87,7 +88,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir, method: str) -> dict:
     start = time.perf_counter()
     x_hat = restore(y, indices, config.sample.seed)
     seconds = time.perf_counter() - start
-    scores = jax.jit(evaluation.quality, static_argnums=3)(x_hat, x0, y, degradation, image_keys(config.seed, indices))
+    scores = evaluation.quality(x_hat, x0, y, degradation, image_keys(config.seed, indices),
+                                lpips=config.eval.get("lpips", "alex"))
     result = {"method": method, "degradation": degradation.spec(), "num_images": len(x0),
               **{k: float(np.mean(v)) for k, v in scores.items()}, "nfe": restore.nfe,
               "seconds_per_image": seconds / len(x0), "sample": config.sample.to_dict()}
