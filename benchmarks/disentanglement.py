@@ -11,6 +11,19 @@ Writes ``benchmarks/results/disentanglement_shapes_<backend>.{md,json}``: mean a
 metric under DisDiff's PCA(1)-per-chunk protocol and on the raw codes, the wall time of each run, the swap
 grids of seed 0 (``..._swap_<method>.png``) and the "what changes" table. The claim under test: DisDiff beats
 the VAE baselines on FactorVAE and DCI.
+
+The quick preset is the smallest honest run of that claim, built from nothing (no DPM to train):
+
+    python -m benchmarks.disentanglement --preset quick --seed 0 --workdir /tmp/dis_quick
+    python -m benchmarks.disentanglement --preset quick --seeds 0,1,2 --workdir /tmp/dis_quick   # + results files
+
+It trains DisDiff (``configs/shapes_disdiff.py:quick``: the 3-factor ``SHAPES_HUE_POSITION`` slice of shapes and
+the exact closed-form DPM of its images) and a beta-VAE for the same wall time (``configs/shapes_betavae.py:quick``,
+DisDiff's encoder convs), scores both and DisDiff's encoder at initialisation, swaps DisDiff's codes, and writes
+``WORKDIR/summary.json`` (one seed) or ``WORKDIR/seed<k>/summary.json`` per seed plus
+``benchmarks/results/disentanglement_shapes_hue_position_<backend>.{md,json}`` and the seed-0 swap grid.
+Every step resumes: a finished part is not redone. ``--preset quick_test`` runs the same code paths in a few
+steps (the tests').
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ import jax
 import numpy as np
 
 from benchmarks.bench_utils import machine_info, md_table, write_results
+from configs import shapes_betavae, shapes_disdiff
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # name: (config, config overrides, trained?, seeds (None: --seeds))
@@ -44,7 +58,11 @@ COLUMNS = [("factor_vae", "eval_accuracy", "FactorVAE"), ("dci", "disentanglemen
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--dpm_workdir", required=True, help="the frozen shapes DPM (launch.train on shapes, 32x32)")
+    p.add_argument("--preset", choices=PRESETS, default=None,
+                   help="the quick run on the 3-factor slice with the closed-form DPM (no --dpm_workdir)")
+    p.add_argument("--seed", type=int, default=None, help="--preset: one training seed, summary in WORKDIR")
+    p.add_argument("--dpm_workdir", default=None, help="the frozen shapes DPM (launch.train on shapes, 32x32); "
+                   "required without --preset")
     p.add_argument("--workdir", required=True, help="where the runs go")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--seeds", default="0,1,2", help="training seeds")
@@ -123,6 +141,10 @@ def summarise(results: dict[str, list[dict]], protocol: str) -> list[list]:
 def main() -> None:
     a = parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
+    if a.preset:
+        return quick_main(a, seeds)
+    if not a.dpm_workdir:
+        raise SystemExit("--dpm_workdir is required without --preset (the frozen shapes DPM)")
     results: dict[str, list[dict]] = {}
     for name in a.methods.split(","):
         if name not in METHODS:
@@ -170,6 +192,129 @@ def main() -> None:
     report = "\n".join(lines) + "\n"
     print(report)
     write_results(a.out, stem, report, {"machine": machine_info(), "seeds": seeds, "results": results})
+
+
+# ----------------------------------------------------------------------------------------------- quick preset
+PRESETS = ("quick", "quick_test")
+SUMMARY_METRICS = (("factor_vae", "factor_vae", "eval_accuracy"), ("dci_disentanglement", "dci", "disentanglement"),
+                   ("dci_completeness", "dci", "completeness"), ("dci_informativeness", "dci", "informativeness_test"),
+                   ("mig", "mig", "discrete_mig"))
+
+
+def _scores(report: dict, protocol: str) -> dict:
+    scores = report["scores"][protocol]
+    return {key: float(scores[metric][field]) for key, metric, field in SUMMARY_METRICS if metric in scores}
+
+
+def _stage(workdir: Path, name: str, fn):
+    """Run ``fn()`` once per workdir: its JSON result and wall seconds are kept in ``workdir/<name>.done.json``."""
+    done = workdir / f"{name}.done.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
+    start = time.time()
+    out = {"result": fn(), "wall_s": 0.0}
+    out["wall_s"] = time.time() - start
+    done.write_text(json.dumps(out))
+    print(f"[{time.strftime('%H:%M:%S')}] {name} done in {out['wall_s']:.0f} s", flush=True)
+    return out
+
+
+def quick_run(preset: str, seed: int, workdir: Path) -> dict:
+    """One seed of the quick preset into ``workdir``; returns (and writes) ``workdir/summary.json``."""
+    from edt_jax.disentangle import tasks
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    dis, vae = shapes_disdiff.get_config(preset), shapes_betavae.get_config(preset)
+    dis.seed = vae.seed = seed
+    trained = _stage(workdir, "train_disdiff",
+                     lambda: int(tasks.train(dis, workdir / "disdiff").step))
+    budget = trained["wall_s"]
+    vae_run = _stage(workdir, "train_beta_vae", lambda: int(tasks.train_for_seconds(
+        vae, workdir / "beta_vae", budget, probe_steps=vae.probe_steps)[0].step))
+    reports = {
+        "disdiff": _stage(workdir, "evaluate_disdiff", lambda: tasks.evaluate(dis, workdir / "disdiff")),
+        "beta_vae": _stage(workdir, "evaluate_beta_vae", lambda: tasks.evaluate(vae, workdir / "beta_vae")),
+        "random_encoder": _stage(workdir, "evaluate_random_encoder",
+                                 lambda: tasks.evaluate(dis, workdir / "random_encoder", untrained=True)),
+    }
+    swap = _stage(workdir, "swap_disdiff", lambda: tasks.swap(dis, workdir / "disdiff"))["result"]
+    logged = [json.loads(line) for line in (workdir / "disdiff" / "metrics.jsonl").read_text().splitlines()]
+    summary = {
+        "preset": preset, "seed": seed, "source": dis.data.source,
+        "factors": reports["disdiff"]["result"]["factors"], "num_factors": len(reports["disdiff"]["result"]["factors"]),
+        "disdiff": {**_scores(reports["disdiff"]["result"], "pca"), "protocol": "pca",
+                    "raw_factor_vae": reports["disdiff"]["result"]["scores"]["raw"]["factor_vae"]["eval_accuracy"],
+                    "steps": trained["result"], "batch_size": dis.batch_size, "train_wall_s": budget,
+                    "last_train_metrics": logged[-1]},
+        "beta_vae": {**_scores(reports["beta_vae"]["result"], "raw"), "protocol": "raw",
+                     "steps": vae_run["result"], "batch_size": vae.batch_size, "train_wall_s": vae_run["wall_s"]},
+        "random_encoder": {**_scores(reports["random_encoder"]["result"], "pca"), "protocol": "pca"},
+        "swap": {k: swap[k] for k in ("factors", "what_changes", "reconstruction_rmse", "dpm_alone_rmse",
+                                      "reconstruction_vs_source", "num_images", "grid") if k in swap},
+        "eval_wall_s": {name: r["wall_s"] for name, r in reports.items()},
+        # The stages' own wall seconds (a resumed run adds what the earlier calls spent), compiling included.
+        "wall_s": sum(json.loads(p.read_text())["wall_s"] for p in workdir.glob("*.done.json")),
+    }
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def quick_main(a: argparse.Namespace, seeds: list[int]) -> None:
+    root = Path(a.workdir)
+    if a.seed is not None:  # one seed: the summary in WORKDIR itself
+        print(json.dumps(quick_run(a.preset, a.seed, root), indent=1))
+        return
+    summaries = [quick_run(a.preset, seed, root / f"seed{seed}") for seed in seeds]
+    report, payload = quick_report(summaries)
+    print(report)
+    if a.preset == "quick":  # the tests' few-step runs write no results files
+        stem = f"disentanglement_shapes_hue_position_{jax.default_backend()}"
+        shutil.copy(summaries[0]["swap"]["grid"], Path(a.out) / f"{stem}_swap_disdiff.png")
+        write_results(a.out, stem, report, payload)
+
+
+def quick_report(summaries: list[dict]) -> tuple[str, dict]:
+    """The Markdown report and JSON payload of the quick preset over seeds."""
+    def cell(method: str, key: str, digits: int = 3) -> str:
+        values = np.array([s[method][key] for s in summaries if key in s[method]])
+        spread = values.std(ddof=1) if len(values) > 1 else 0.0
+        return f"{values.mean():.{digits}f} ± {spread:.{digits}f}" if len(values) else "-"
+
+    first = summaries[0]
+    names = {"disdiff": "DisDiff (PCA)", "beta_vae": "beta-VAE (raw)", "random_encoder": "random encoder (PCA)"}
+    rows = [[names[m], len(summaries), *[cell(m, key) for key, _, _ in SUMMARY_METRICS],
+             cell(m, "train_wall_s", 0) if m != "random_encoder" else "-"] for m in names]
+    per_seed = [[s["seed"], *[f"{s[m]['factor_vae']:.3f} / {s[m]['dci_disentanglement']:.3f}" for m in names],
+                 f"{s['disdiff']['train_wall_s']:.0f}", f"{s['wall_s']:.0f}"] for s in summaries]
+    swap = first["swap"]
+    swap_rows = [[f"code {c}", *[f"{v:.2f}" for v in row]] for c, row in enumerate(swap["what_changes"])]
+    swap_rows.append(["reconstruction vs source", *[f"{v:.2f}" for v in swap["reconstruction_vs_source"]]])
+    lines = [f"# DisDiff quick preset: {first['num_factors']} factors of shapes ({', '.join(first['factors'])}), "
+             f"{machine_info()}", "",
+             f"Source `{first['source']}`; the frozen DPM is the exact closed-form DPM of its images. Mean ± std over "
+             f"training seeds {[s['seed'] for s in summaries]}. FactorVAE = eval accuracy; DCI I = test accuracy. "
+             "Wall seconds on a machine shared with other jobs.", "",
+             md_table(["method", "seeds", "FactorVAE", "DCI D", "DCI C", "DCI I", "MIG", "train s"], rows), "",
+             "## Per seed: FactorVAE / DCI disentanglement", "",
+             md_table(["seed", *names.values(), "DisDiff train s", "whole run s"], per_seed), "",
+             "## DisDiff's training: the last logged step", "",
+             "ln 3 = 1.099 is chance for the cross-entropies; weight = the official per-example weight (the "
+             "squared difference of the two x0 estimates), averaged over the batch.", "",
+             md_table(["seed", "step", "reconstruction L1", "CE invariant", "CE variant", "weight", "dis total"],
+                      [[s["seed"], *[f"{s['disdiff']['last_train_metrics'][k]:.4g}" for k in
+                                     ("step", "reconstruction", "dis_invariant", "dis_variant", "dis_weight",
+                                      "dis_total")]] for s in summaries]), "",
+             f"## What changes when one code chunk is swapped (seed {first['seed']})", "",
+             f"Fraction of {swap['num_images']} images whose true factor (shipped shapes classifier) differs from the "
+             f"unswapped reconstruction; reconstruction RMSE {swap['reconstruction_rmse']:.4f} (the closed-form DPM "
+             f"alone, inverted and regenerated: {swap['dpm_alone_rmse']:.4f}). DDIM, 20 steps, from the DDIM "
+             "inversion of the sources under their own codes.", "",
+             md_table(["swapped", *swap["factors"]], swap_rows)]
+    for s in summaries[1:]:
+        rows = [[f"code {c}", *[f"{v:.2f}" for v in row]] for c, row in enumerate(s["swap"]["what_changes"])]
+        lines += ["", f"Seed {s['seed']}:", "", md_table(["swapped", *s["swap"]["factors"]], rows)]
+    return "\n".join(lines) + "\n", {"machine": machine_info(), "summaries": summaries}
 
 
 if __name__ == "__main__":

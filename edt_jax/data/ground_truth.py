@@ -2,6 +2,7 @@
 
     from edt_jax.data.ground_truth import ground_truth_for
     gt = ground_truth_for("shapes")                    # or shapes:64, shapes:scale=3, tfds:shapes3d, tfds:dsprites
+    gt = ground_truth_for(SHAPES_HUE_POSITION)         # 3 factors (object_hue, x_position, y_position), 384 images
     dis.mig(gt, lambda images: encode(images), np.random.RandomState(0))
     gt = ground_truth_for("shapes", indices=True)      # observations are dataset indices, int64 (n,)
     table = encode_all(gt.observations_at(np.arange(gt.num_items)))   # codes of every item, once
@@ -27,8 +28,8 @@ from edt_jax.data.shapes import FACTOR_NAMES, ShapesDataset, ShapesSubset
 from edt_jax.data.sources import create_source
 from edt_jax.data.tfds_source import open_tfds
 
-__all__ = ["DSPRITES_FACTORS", "SHAPES3D_FACTORS", "GROUND_TRUTH_FORMS", "LabelledGroundTruth", "ShapesGroundTruth",
-           "ground_truth_for", "to_model_range"]
+__all__ = ["DSPRITES_FACTORS", "SHAPES3D_FACTORS", "GROUND_TRUTH_FORMS", "SHAPES_HUE_POSITION", "LabelledGroundTruth",
+           "ShapesGroundTruth", "ground_truth_for", "to_model_range"]
 
 # TFDS feature keys and sizes of the factors, in disentanglement_lib's (and DisDiff's) factor order.
 SHAPES3D_FACTORS = (("label_floor_hue", 10), ("label_wall_hue", 10), ("label_object_hue", 10), ("label_scale", 8),
@@ -38,6 +39,10 @@ DSPRITES_FACTORS = (("label_shape", 3), ("label_scale", 6), ("label_orientation"
                     ("label_y_position", 32))
 _TFDS_FACTORS = {"shapes3d": SHAPES3D_FACTORS, "dsprites": DSPRITES_FACTORS}
 _TFDS_PIXEL_MAX = {"dsprites": 1}  # TFDS stores dSprites' pixels as 0/1, everything else as 0..255
+# A 3-factor slice of shapes (object_hue 6 x x_position 8 x y_position 8 = 384 images at 32x32): the square at
+# scale 3, orientation 0, on background hue 0. Small enough for an exact closed-form DPM and a CPU budget, with
+# factors of two kinds (a colour, two positions) that no pixel change mixes.
+SHAPES_HUE_POSITION = "shapes:shape=0,background_hue=0,scale=3,orientation=0"
 GROUND_TRUTH_FORMS = ("shapes[:64][:<factor>=<v>[+<v>...],...]", "tfds:shapes3d[:<split>]", "tfds:dsprites[:<split>]",
                       "tfds:<name>[:<split>] with factor_keys")
 

@@ -1,4 +1,5 @@
-"""An exact denoiser for Gaussian-mixture data, for testing and benchmarking samplers.
+"""Exact denoisers: Gaussian-mixture data (testing and benchmarking samplers) and a finite set of images
+(``DatasetDPM``: a perfect frozen DPM of its set at no training cost).
 
 For data x0 ~ sum_k w_k N(mu_k, s_k^2 I) in D dimensions and x_t = alpha_t x0 + sigma_t eps, the
 posterior mean is available in closed form:
@@ -10,11 +11,20 @@ posterior mean is available in closed form:
 
 so the probability-flow ODE has a known right-hand side and sampler error can be measured without
 any training. This is the model behind ``tests/fixtures/samplers_reference.npz``.
+
+For a finite set {x_i} (the data distribution of a finite training set), the same posterior mean is
+
+    E[x0|x_t] = sum_i softmax_i(-|x_t - alpha_t x_i|^2 / (2 sigma_t^2)) x_i
+
+which ``DatasetDPM`` computes batched, jit-able and chunked over the set (an online softmax, so memory is
+O(B * chunk_size) whatever the set's size).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -88,3 +98,97 @@ class GaussianMixture:
             return alpha * eps - sigma * x0
 
         return apply
+
+
+def dataset_posterior_mean(images: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array, *,
+                           chunk_size: int = 1024) -> jax.Array:
+    """E[x0 | x_t = x] when x0 is uniform over the K ``images`` (K, ...): x (B, ...) like one image, alpha and
+    sigma (B,) -> (B, ...). Chunks of ``chunk_size`` images are folded in by an online log-sum-exp, so the
+    (B, K) weights never exist at once; distances are dot products (no (B, K, D) difference tensor)."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive integer")
+    num = images.shape[0]
+    if num < 1:
+        raise ValueError("dataset_posterior_mean: the image set is empty; it needs at least one image")
+    batch = x.shape[0]
+    flat = x.reshape(batch, -1).astype(jnp.float32)
+    data = images.reshape(num, -1).astype(jnp.float32)
+    if data.shape[1] != flat.shape[1]:
+        raise ValueError(f"dataset_posterior_mean: x has {flat.shape[1]} entries per item but the images have "
+                         f"{data.shape[1]}")
+    chunk = min(chunk_size, num)
+    num_chunks = math.ceil(num / chunk)
+    data = jnp.pad(data, ((0, num_chunks * chunk - num), (0, 0))).reshape(num_chunks, chunk, -1)
+    valid = (jnp.arange(num_chunks * chunk) < num).reshape(num_chunks, chunk)
+    norms = jnp.sum(data * data, axis=-1)  # (chunks, chunk)
+    alpha = alpha.reshape(batch, 1).astype(jnp.float32)
+    var = sigma.reshape(batch, 1).astype(jnp.float32) ** 2
+    # -|x - a x_i|^2 / (2 s^2) up to the per-row constant -|x|^2 / (2 s^2), which the softmax drops.
+    linear, quadratic = alpha / var, alpha ** 2 / (2.0 * var)
+
+    def fold(carry, chunk_in):
+        top, total, acc = carry
+        items, item_norms, ok = chunk_in
+        logits = linear * jnp.matmul(flat, items.T, precision="highest") - quadratic * item_norms[None]
+        logits = jnp.where(ok[None], logits, -jnp.inf)
+        new_top = jnp.maximum(top, jnp.max(logits, axis=-1))
+        rescale = jnp.exp(top - new_top)  # 0 on the first chunk (top = -inf)
+        w = jnp.exp(logits - new_top[:, None])
+        acc = acc * rescale[:, None] + jnp.matmul(w, items, precision="highest")
+        return (new_top, total * rescale + jnp.sum(w, axis=-1), acc), None
+
+    init = (jnp.full((batch,), -jnp.inf, jnp.float32), jnp.zeros((batch,), jnp.float32), jnp.zeros_like(flat))
+    (_, total, acc), _ = jax.lax.scan(fold, init, (data, norms, valid))
+    return (acc / total[:, None]).reshape(x.shape).astype(x.dtype)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DatasetDPM:
+    """The exact (Bayes-optimal) DPM of a finite image set under ``schedule``: a frozen DPM that draws exactly
+    its training set, at no training cost. ``params`` are the images (K, H, W, C) in [-1, 1], passed to the
+    predictors as a jit argument like a network's parameters, so one compiled function serves any set of that
+    shape.
+
+        dpm = DatasetDPM(images, NoiseScheduleVP.named("linear"))
+        eps = dpm.noise_predictor()(dpm.params, x_t, t_input)     # (B, H, W, C); t_input = ns.model_time(t)
+        x0 = dpm.x0_predictor()(dpm.params, x_t, t_input)
+
+    t_input is the training timestep (0 ... N-1 for a discrete schedule; fractional values interpolate the
+    schedule as every network's time does). Duck-types what a frozen ``Run`` gives DisDiff: ``params``,
+    ``schedule``, ``noise_predictor()``, ``x0_predictor()``.
+    """
+
+    params: jax.Array | np.ndarray
+    schedule: NoiseScheduleVP
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if np.ndim(self.params) != 4 or np.shape(self.params)[0] < 1:
+            raise ValueError(f"DatasetDPM: images must be a non-empty (K, H, W, C) array, got shape "
+                             f"{np.shape(self.params)}")
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"DatasetDPM: chunk_size={self.chunk_size!r} must be a positive integer")
+
+    def _alpha_sigma(self, x_t: jax.Array, t_input: jax.Array) -> tuple[jax.Array, jax.Array]:
+        t = self.schedule.continuous_time(jnp.broadcast_to(jnp.asarray(t_input, jnp.float32), (x_t.shape[0],)))
+        return self.schedule.marginal_alpha(t), self.schedule.marginal_std(t)
+
+    def x0_predictor(self) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+        """``(images, x_t, t_input) -> x0``: the posterior mean over the images, (B, H, W, C)."""
+
+        def x0(images, x_t, t_input):
+            alpha, sigma = self._alpha_sigma(x_t, t_input)
+            return dataset_posterior_mean(images, x_t, alpha, sigma, chunk_size=self.chunk_size)
+
+        return x0
+
+    def noise_predictor(self) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+        """``(images, x_t, t_input) -> eps = (x_t - alpha_t x0) / sigma_t`` of the posterior mean x0."""
+
+        def eps(images, x_t, t_input):
+            alpha, sigma = self._alpha_sigma(x_t, t_input)
+            x0 = dataset_posterior_mean(images, x_t, alpha, sigma, chunk_size=self.chunk_size)
+            shape = (-1,) + (1,) * (x_t.ndim - 1)
+            return (x_t - alpha.reshape(shape) * x0) / sigma.reshape(shape)
+
+        return eps

@@ -26,6 +26,9 @@ from etils import epath
 from edt_jax import data as data_lib
 from edt_jax import paths
 from edt_jax.checks import check_choice
+from edt_jax.data.ground_truth import ground_truth_for
+from edt_jax.diffusion import NoiseScheduleVP
+from edt_jax.diffusion.analytic import DatasetDPM
 from edt_jax.disentangle.baselines import beta_vae_loss
 from edt_jax.disentangle.disdiff import DisDiff
 from edt_jax.disentangle.networks import BetaVAE, Encoder, SubGradientDecoder
@@ -38,6 +41,7 @@ from edt_jax.training.task import Task
 from edt_jax.training.train_state import load_params
 
 METHODS = ("DisDiff", "BetaVAE")
+DPM_KINDS = ("run", "closed_form")
 
 
 @dataclasses.dataclass
@@ -53,7 +57,7 @@ class Method:
     num_chunks: int | None
     frozen: Any = None
     disdiff: DisDiff | None = None
-    dpm: Run | None = None
+    dpm: Run | DatasetDPM | None = None
 
 
 def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
@@ -72,6 +76,33 @@ def _check_model(m: ml_collections.ConfigDict) -> None:
             raise ValueError(f"model.dis_weight={m.dis_weight!r}: lambda must be >= 0 (0 = reconstruction only)")
     elif not isinstance(m.latent_dim, int) or m.latent_dim < 1:
         raise ValueError(f"model.latent_dim={m.latent_dim!r}: the beta-VAE needs at least 1 latent")
+
+
+def dpm_kind(config: ml_collections.ConfigDict) -> str:
+    """``config.dpm.kind``: "run" (a ``launch.train`` run in ``dpm_workdir``, the default) or "closed_form" (the
+    exact DPM of the config's images, ``closed_form_dpm``)."""
+    kind = config.get("dpm", {}).get("kind", "run")
+    check_choice("dpm.kind", kind, DPM_KINDS)
+    return kind
+
+
+def closed_form_dpm(config: ml_collections.ConfigDict) -> DatasetDPM:
+    """The exact DPM of every image of ``config.data.source`` (a ground-truth source: ``shapes...``) under the
+    discrete schedule ``config.dpm``: betas linear in sqrt(beta) from ``linear_start`` to ``linear_end`` over
+    ``timesteps`` (the LDM "linear" schedule of the official configs). Nothing is trained."""
+    d = config.dpm
+    if not 0 < d.linear_start < d.linear_end < 1:
+        raise ValueError(f"dpm.linear_start={d.linear_start!r}, dpm.linear_end={d.linear_end!r}: need "
+                         f"0 < linear_start < linear_end < 1")
+    betas = np.linspace(d.linear_start ** 0.5, d.linear_end ** 0.5, int(d.timesteps), dtype=np.float64) ** 2
+    ground_truth = ground_truth_for(config.data.source, indices=True)
+    images = ground_truth.observations_at(np.arange(ground_truth.num_items))
+    if images.shape[1:] != image_shape(config):
+        raise ValueError(f"the closed-form DPM's source {config.data.source!r} gives {images.shape[1:]} images, the "
+                         f"config disentangles {image_shape(config)}")
+    # A host array: jit places it wherever the trainer's mesh puts the other arguments.
+    return DatasetDPM(np.asarray(images, np.float32), NoiseScheduleVP.discrete(betas=betas),
+                      chunk_size=int(d.get("chunk_size", 1024)))
 
 
 def dpm_dir(config: ml_collections.ConfigDict, given: str | None) -> epath.Path:
@@ -94,8 +125,10 @@ def load_dpm(workdir, shape: tuple[int, int, int]) -> Run:
     return load_frozen_run(workdir, shape, role="DPM", user="this config disentangles")
 
 
-def build_method(config: ml_collections.ConfigDict, dpm_workdir: paths.PathLike | None = None) -> Method:
-    """The config's method; DisDiff loads its frozen DPM from ``dpm_workdir`` when given (training, swaps)."""
+def build_method(config: ml_collections.ConfigDict, dpm_workdir: paths.PathLike | None = None, *,
+                 with_dpm: bool = False) -> Method:
+    """The config's method. DisDiff's frozen DPM (training, swaps) is the run in ``dpm_workdir`` when given, or,
+    with ``with_dpm`` and ``config.dpm.kind == "closed_form"``, the exact DPM of the config's images."""
     m = config.model
     _check_model(m)
     shape = image_shape(config)
@@ -110,10 +143,14 @@ def build_method(config: ml_collections.ConfigDict, dpm_workdir: paths.PathLike 
     decoder = SubGradientDecoder(m.num_factors, tuple(m.decoder_widths), m.embed_dim, m.patch_size)
     dpm = eps_fn = None
     alphas_cumprod = np.zeros((0,))  # no DPM: only the encoder is used (evaluation)
-    if dpm_workdir is not None:
+    if with_dpm and dpm_kind(config) == "closed_form":
+        dpm = closed_form_dpm(config)
+    elif dpm_workdir is not None:
         dpm = load_dpm(dpm_workdir, shape)
+    if dpm is not None:
         eps_fn, alphas_cumprod = dpm.noise_predictor(), dpm.schedule.alphas_cumprod
-    model = DisDiff(encoder, decoder, eps_fn, np.asarray(alphas_cumprod), m.dis_weight)
+    model = DisDiff(encoder, decoder, eps_fn, np.asarray(alphas_cumprod), m.dis_weight,
+                    m.get("dis_weighting", "x0"), bool(m.get("train_encoder_in_dis", False)))
 
     def encode(params, x):
         return model.encode(params, x).reshape(x.shape[0], -1)

@@ -27,7 +27,7 @@ import numpy as np
 from edt_jax import samplers
 from edt_jax.deprecation import warn_deprecated
 from edt_jax.diffusion import NoiseScheduleVP
-from edt_jax.disentangle.losses import disentangling_loss, shifted_x0, train_shift_coef
+from edt_jax.disentangle.losses import WEIGHTINGS, disentangling_loss, shifted_x0, train_shift_coef
 from edt_jax.samplers.wrappers import noise_predictor  # noqa: F401 (re-exported)
 
 SAMPLERS = samplers.SAMPLERS
@@ -48,7 +48,10 @@ class DisDiff:
 
     encoder: ``Encoder`` (x -> (B, N, d)); decoder: ``SubGradientDecoder`` (-> (N, B, H, W, C));
     alphas_cumprod: (T,) the frozen DPM's schedule; dis_weight: lambda of the disentangling loss (0 trains
-    the reconstruction alone and skips the second pass).
+    the reconstruction alone and skips the second pass); dis_weighting: its per-example weight
+    (``losses.WEIGHTINGS``: "x0" official, "none" not); train_encoder_in_dis: the official ``train_enc_flag``
+    (default off: the disentangling loss reads the codes through a frozen copy of the encoder; on: through
+    the encoder itself, so the cross-entropies train it directly).
     """
 
     encoder: nn.Module
@@ -56,10 +59,14 @@ class DisDiff:
     eps_fn: EpsFn
     alphas_cumprod: np.ndarray
     dis_weight: float = 0.05
+    dis_weighting: str = "x0"
+    train_encoder_in_dis: bool = False
 
     def __post_init__(self) -> None:
         if self.dis_weight < 0:
             raise ValueError(f"dis_weight={self.dis_weight!r} must be >= 0 (0 = reconstruction only)")
+        if self.dis_weighting not in WEIGHTINGS:
+            raise ValueError(f"dis_weighting={self.dis_weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
 
     @property
     def num_factors(self) -> int:
@@ -90,7 +97,8 @@ class DisDiff:
         """The official ``p_losses`` (L1 on the noise, loss_type l1) plus lambda * mean ``dis_loss``.
 
         One timestep, noise and factor c per example; the disentangling loss reads the codes through a
-        frozen copy of the current encoder (stop_gradient), so only the decoder learns from it.
+        frozen copy of the current encoder (stop_gradient; the encoder learns from it only through the codes
+        it gives the fields), or with ``train_encoder_in_dis`` through the encoder itself.
         """
         x0 = batch["image"].astype(jnp.float32)
         batch_size = x0.shape[0]
@@ -111,10 +119,11 @@ class DisDiff:
         factor = jax.random.randint(k_factor, (batch_size,), 0, self.num_factors)
         g_c = g[factor, jnp.arange(batch_size)]
         x0_pred, x0_shifted = shifted_x0(x_t, t, eps, g_c, abar)
-        frozen_encoder = {"encoder": jax.lax.stop_gradient(params["encoder"])}
-        codes_pred = jax.lax.stop_gradient(self.encode(frozen_encoder, x0_pred))
-        codes_shifted = self.encode(frozen_encoder, x0_shifted)
-        dis = disentangling_loss(codes_pred, codes_shifted, codes, factor, x0_pred, x0_shifted, self.dis_weight)
+        reader = params if self.train_encoder_in_dis else {"encoder": jax.lax.stop_gradient(params["encoder"])}
+        codes_pred = jax.lax.stop_gradient(self.encode(reader, x0_pred))  # the official no-grad block
+        codes_shifted = self.encode(reader, x0_shifted)
+        dis = disentangling_loss(codes_pred, codes_shifted, codes, factor, x0_pred, x0_shifted, self.dis_weight,
+                                 weighting=self.dis_weighting)
         metrics.update({f"dis_{k}": jnp.mean(v) for k, v in dis.items()})
         return reconstruction + jnp.mean(dis["total"]), metrics
 

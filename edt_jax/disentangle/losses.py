@@ -66,8 +66,12 @@ def shifted_x0(x_t: jax.Array, t: jax.Array, eps_pred: jax.Array, shift: jax.Arr
     return x0_pred, x0_shifted
 
 
+WEIGHTINGS = ("x0", "none")
+
+
 def disentangling_loss(codes_pred: jax.Array, codes_shifted: jax.Array, codes_true: jax.Array, factor: jax.Array,
-                       x0_pred: jax.Array, x0_shifted: jax.Array, weight_scale: float = 1.0) -> dict[str, jax.Array]:
+                       x0_pred: jax.Array, x0_shifted: jax.Array, weight_scale: float = 1.0, *,
+                       weighting: str = "x0") -> dict[str, jax.Array]:
     """The official ``dis_loss``: per-example losses {invariant, variant, weight, total}, each (B,).
 
     codes_* (B, N, d): the (frozen-copy) encoder's codes of x0_pred, of x0_shifted and of the real image;
@@ -76,7 +80,14 @@ def disentangling_loss(codes_pred: jax.Array, codes_shifted: jax.Array, codes_tr
     and x0_shifted; the variant term that code c moves towards the real image's code the most. Gradients
     flow only through ``codes_shifted``: ``codes_pred`` comes from a no-grad block and ``codes_true`` and
     ``x0_shifted`` are detached in the official code, so the per-example ``weight`` is a constant.
+
+    ``weighting="x0"`` is the official weight (``dis_loss_type`` "IM", and "Z" too: "Z" takes the same squared
+    difference of the two x0 estimates in the LDM's latent space, which in pixel space is this one). "none"
+    (not official) weighs every example 1: the official weight is the squared size of the field, so while
+    the fields are small it switches the cross-entropies off, and when they grow it grows with them.
     """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
     logits_invariant, logits_variant = distance_logits(codes_pred, codes_shifted, codes_true)
     factor = jnp.asarray(factor)
 
@@ -86,6 +97,8 @@ def disentangling_loss(codes_pred: jax.Array, codes_shifted: jax.Array, codes_tr
     invariant, variant = cross_entropy(logits_invariant), cross_entropy(logits_variant)
     diff = jax.lax.stop_gradient(x0_pred - x0_shifted)
     weight = jnp.mean(jnp.reshape(diff ** 2, (diff.shape[0], -1)), axis=-1)
+    if weighting == "none":
+        weight = jnp.ones_like(weight)
     total = weight_scale * weight * (invariant + variant)
     return {"invariant": invariant, "variant": variant, "weight": weight, "total": total}
 

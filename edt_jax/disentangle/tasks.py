@@ -2,6 +2,7 @@
 
     from edt_jax.disentangle import tasks
     tasks.train(config, workdir, dpm_workdir)        # DisDiff on a frozen launch.train run (the beta-VAE: None)
+    tasks.train_for_seconds(config, workdir, 300.0)  # as many steps as fit in a wall-clock budget
     report = tasks.evaluate(config, workdir)         # FactorVAE / DCI / MIG -> workdir/eval.json
     report = tasks.swap(config, workdir)             # workdir/swap.png (+ what_changes.json on 32x32 shapes)
 
@@ -27,6 +28,7 @@ from edt_jax.disentangle import evaluation
 from edt_jax.disentangle.build import (
     build_method,
     dpm_dir,
+    dpm_kind,
     image_shape,
     load_method_params,
     train_method,
@@ -35,17 +37,46 @@ from edt_jax.disentangle.build import (
 from edt_jax.disentangle.disdiff import ddim_invert, swap_codes
 from edt_jax.training.loop import TrainResult
 
-__all__ = ["classifier_predict", "evaluate", "swap", "train"]
+__all__ = ["classifier_predict", "evaluate", "swap", "train", "train_for_seconds"]
 
 
 def train(config: ml_collections.ConfigDict, workdir, dpm_workdir: str | None = None) -> TrainResult:
     """Train the config's method into ``workdir`` (resumable); DisDiff on the frozen DPM of ``dpm_workdir`` (else
     ``config.dpm_workdir``), whose resolved path is recorded as ``config.dpm_workdir`` in the run's config."""
     dpm = None
-    if config.model.name == "DisDiff":
+    if config.model.name == "DisDiff" and dpm_kind(config) == "run":
         dpm = dpm_dir(config, dpm_workdir)
         config.dpm_workdir = str(dpm) if paths.is_url(dpm) or not dpm.exists() else str(dpm.resolve())
-    return train_method(config, workdir, build_method(config, dpm))
+    return train_method(config, workdir, build_method(config, dpm, with_dpm=True))
+
+
+def train_for_seconds(config: ml_collections.ConfigDict, workdir, seconds: float, *, probe_steps: int = 100,
+                      dpm_workdir: str | None = None) -> tuple[TrainResult, float]:
+    """Train the config's method for about ``seconds`` of wall time (a baseline given another method's budget):
+    ``probe_steps`` steps, then, resuming, as many more as the probe's pace fits into what is left, at most
+    ``config.total_steps`` in all. Returns the result and the wall seconds spent (compilation included, as in
+    the budget it is matched to)."""
+    if not seconds > 0 or isinstance(probe_steps, bool) or not isinstance(probe_steps, int) or probe_steps < 1:
+        raise ValueError(f"train_for_seconds: seconds={seconds!r} must be > 0 and probe_steps={probe_steps!r} a "
+                         f"positive integer")
+    start = time.time()
+    cap = int(config.total_steps)
+    config = ml_collections.ConfigDict(config.to_dict())  # the caller's total_steps stays as it was
+    config.total_steps = min(probe_steps, cap)
+    result = train(config, workdir, dpm_workdir)
+    spent = time.time() - start
+    # The pace of the steps themselves (the trainer's last logged step time), not of the whole probe, whose
+    # compilation would make the rest of the budget look short.
+    logged = paths.as_path(workdir) / "metrics.jsonl"
+    lines = logged.read_text().splitlines() if logged.is_file() else []
+    times = [t for t in (json.loads(line).get("step_time_s") for line in lines) if t]
+    per_step = float(times[-1]) if times else spent / config.total_steps
+    config.total_steps = min(cap, config.total_steps + max(0, int((seconds - spent) / per_step)))
+    if config.total_steps > result.step:
+        logging.info("%s: %d more steps to fill %.0f s (%.3f s per step so far)", config.model.name,
+                     config.total_steps - result.step, seconds, per_step)
+        result = train(config, workdir, dpm_workdir)
+    return result, time.time() - start
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir, untrained: bool = False) -> dict:
@@ -101,7 +132,10 @@ def swap(config: ml_collections.ConfigDict, workdir, dpm_workdir: str | None = N
     ``workdir/what_changes.json``; returns the report.
     """
     workdir = paths.as_path(workdir)
-    method = build_method(config, dpm_dir(config, dpm_workdir or trained_dpm_workdir(workdir)))
+    run_dir = None
+    if config.model.name == "DisDiff" and dpm_kind(config) == "run":
+        run_dir = dpm_dir(config, dpm_workdir or trained_dpm_workdir(workdir))
+    method = build_method(config, run_dir, with_dpm=True)
     if method.disdiff is None:
         raise ValueError(f"--mode swap needs DisDiff's factor codes; model.name={config.model.name!r} has none")
     params, step = load_method_params(workdir, method)
