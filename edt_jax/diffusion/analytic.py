@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edt_jax.diffusion.predictions import PREDICTIONS, check_prediction
+from edt_jax.diffusion.predictions import PREDICTIONS, check_prediction, to_eps
 from edt_jax.diffusion.schedules import NoiseScheduleVP
 
 
@@ -185,10 +185,11 @@ class DatasetDPM:
     def noise_predictor(self) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
         """``(images, x_t, t_input) -> eps = (x_t - alpha_t x0) / sigma_t`` of the posterior mean x0."""
 
+        x0 = self.x0_predictor()
+
         def eps(images, x_t, t_input):
             alpha, sigma = self._alpha_sigma(x_t, t_input)
-            x0 = dataset_posterior_mean(images, x_t, alpha, sigma, chunk_size=self.chunk_size)
             shape = (-1,) + (1,) * (x_t.ndim - 1)
-            return (x_t - alpha.reshape(shape) * x0) / sigma.reshape(shape)
+            return to_eps(x0(images, x_t, t_input), x_t, alpha.reshape(shape), sigma.reshape(shape), "x0")
 
         return eps

@@ -36,6 +36,7 @@ from edt_jax.disentangle.build import (
 )
 from edt_jax.disentangle.disdiff import ddim_invert, swap_codes
 from edt_jax.training.loop import TrainResult
+from edt_jax.training.metrics import read_records
 
 __all__ = ["classifier_predict", "evaluate", "swap", "train", "train_for_seconds"]
 
@@ -68,8 +69,7 @@ def train_for_seconds(config: ml_collections.ConfigDict, workdir, seconds: float
     # The pace of the steps themselves (the trainer's last logged step time), not of the whole probe, whose
     # compilation would make the rest of the budget look short.
     logged = paths.as_path(workdir) / "metrics.jsonl"
-    lines = logged.read_text().splitlines() if logged.is_file() else []
-    times = [t for t in (json.loads(line).get("step_time_s") for line in lines) if t]
+    times = [r["step_time_s"] for r in (read_records(logged) if logged.is_file() else []) if r.get("step_time_s")]
     per_step = float(times[-1]) if times else spent / config.total_steps
     config.total_steps = min(cap, config.total_steps + max(0, int((seconds - spent) / per_step)))
     if config.total_steps > result.step:
