@@ -41,6 +41,7 @@ import numpy as np
 
 from benchmarks.bench_utils import machine_info, md_table, write_results
 from configs import shapes_betavae, shapes_disdiff
+from edt_jax.training.metrics import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {  # name: (config, config overrides, trained?, seeds (None: --seeds))
@@ -239,7 +240,7 @@ def quick_run(preset: str, seed: int, workdir: Path) -> dict:
                                  lambda: tasks.evaluate(dis, workdir / "random_encoder", untrained=True)),
     }
     swap = _stage(workdir, "swap_disdiff", lambda: tasks.swap(dis, workdir / "disdiff"))["result"]
-    logged = [json.loads(line) for line in (workdir / "disdiff" / "metrics.jsonl").read_text().splitlines()]
+    logged = read_records(workdir / "disdiff" / "metrics.jsonl")
     summary = {
         "preset": preset, "seed": seed, "source": dis.data.source,
         "factors": reports["disdiff"]["result"]["factors"], "num_factors": len(reports["disdiff"]["result"]["factors"]),
@@ -294,7 +295,7 @@ def quick_report(summaries: list[dict]) -> tuple[str, dict]:
              f"{machine_info()}", "",
              f"Source `{first['source']}`; the frozen DPM is the exact closed-form DPM of its images. Mean ± std over "
              f"training seeds {[s['seed'] for s in summaries]}. FactorVAE = eval accuracy; DCI I = test accuracy. "
-             "Wall seconds on a machine shared with other jobs.", "",
+             "Wall seconds include compilation; other work on the machine inflates them.", "",
              md_table(["method", "seeds", "FactorVAE", "DCI D", "DCI C", "DCI I", "MIG", "train s"], rows), "",
              "## Per seed: FactorVAE / DCI disentanglement", "",
              md_table(["seed", *names.values(), "DisDiff train s", "whole run s"], per_seed), "",
