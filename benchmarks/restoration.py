@@ -28,6 +28,7 @@ from edt_jax.restoration import evaluation, image_keys
 from edt_jax.restoration.build import Restorers
 from edt_jax.restoration.data import degrade
 from edt_jax.restoration.tasks import config_degradation, source_images
+from edt_jax.training.metrics import read_records
 
 
 def parse_args() -> argparse.Namespace:
@@ -185,8 +186,8 @@ def training_summary(workdir: Path) -> str:
     for name in ("ir", "ir_alt", "fusion", "fusion_gaussian", "conditional", "denoiser"):
         run = workdir / name
         if (run / "metrics.jsonl").is_file() and (run / "config.json").is_file():
-            lines = (run / "metrics.jsonl").read_text().splitlines()
-            step = json.loads(lines[-1])["step"] if lines else 0
+            records = read_records(run / "metrics.jsonl")
+            step = records[-1]["step"] if records else 0
             config = json.loads((run / "config.json").read_text())
             part = config["gaussian" if name == "denoiser" else name.removesuffix("_gaussian")]
             parts.append(f"{name} {step} x {part['batch_size']}")
@@ -258,7 +259,7 @@ def main() -> None:
               f"`{args.workdir}/denoiser`, sampler {args.sampler}; seeds {seeds} (mean (min-max) over seeds; IR rows "
               f"are deterministic). NFE counts every network evaluation per image (DP-IR: the IR network + one fused "
               f"denoiser/fusion call per step). Images in [-1, 1], data_range 2; LPIPS v0.1 AlexNet at 32x32; "
-              f"consistency is the RMS of A(x_hat) - y. Wall times on a shared, loaded CPU.{left_out}\n\n"
+              f"consistency is the RMS of A(x_hat) - y. Wall times: one warm call.{left_out}\n\n"
               f"Trained networks (steps x batch): {training_summary(Path(args.workdir))}.\n\n{table}\n\n"
               f"Claims:\n\n" + "\n".join(claims(rows)) + "\n")
     write_results(args.out, stem, report, {"machine": machine_info(), "args": vars(args), "rows": rows})
