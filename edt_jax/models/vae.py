@@ -15,12 +15,14 @@ float32, since bfloat16 statistics over 512 x 32 x 32 activations drift visibly 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from edt_jax import paths
 from edt_jax.checks import check_int
 from edt_jax.models.layers import Dtype
 
@@ -31,9 +33,10 @@ SD_VAE_SCALE = 0.18215
 LOGVAR_RANGE = (-30.0, 20.0)
 
 
-def _group_norm(groups: int, param_dtype: Dtype, name: str) -> nn.GroupNorm:
-    # eps 1e-6 everywhere in the SD VAE; exact (two-pass) variance to match torch at 1e-5.
-    return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=jnp.float32, param_dtype=param_dtype,
+def _group_norm(groups: int, param_dtype: Dtype, name: str, eps: float = 1e-6) -> nn.GroupNorm:
+    # eps 1e-6 everywhere in the SD VAE (the SD UNet's resnets take its config's norm_eps); float32 statistics with
+    # the exact (two-pass) variance to match torch at 1e-5.
+    return nn.GroupNorm(num_groups=groups, epsilon=eps, dtype=jnp.float32, param_dtype=param_dtype,
                         use_fast_variance=False, name=name)
 
 
@@ -276,6 +279,34 @@ def create_vae(block_out_channels: Sequence[int] = (128, 256, 512, 512), layers_
                          **dtypes)
 
 
+# diffusers AutoencoderKL config keys that must keep these values: the module implements no other.
+_VAE_FIXED = {"act_fn": "silu", "shift_factor": None, "latents_mean": None, "latents_std": None,
+              "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
+
+
+def load_vae(folder: paths.PathLike, *, dtype: Dtype | str = jnp.float32) -> tuple[AutoencoderKL, dict, float]:
+    """``(vae, params, scaling_factor)`` of a diffusers ``AutoencoderKL`` folder (``config.json`` + weights), or
+    of the ``vae/`` subfolder of a pipeline folder. Latents the diffusion model sees are ``scaling_factor * z``.
+
+    Raises a one-line error for a missing folder or file, or a config value the module does not implement.
+    """
+    folder = paths.as_path(folder)
+    if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"no VAE config at {str(config_path)!r}: expected a diffusers AutoencoderKL folder "
+                                f"(config.json + diffusion_pytorch_model.safetensors) or a pipeline folder with vae/")
+    cfg = json.loads(config_path.read_text())
+    for key, value in _VAE_FIXED.items():
+        if cfg.get(key, value) != value:
+            raise ValueError(f"VAE config {str(config_path)!r}: {key}={cfg[key]!r} is not supported (only {value!r})")
+    vae = create_vae(cfg.get("block_out_channels", (64,)), cfg.get("layers_per_block", 1),
+                     cfg.get("norm_num_groups", 32), cfg.get("latent_channels", 4),
+                     in_channels=cfg.get("in_channels", 3), out_channels=cfg.get("out_channels", 3), dtype=dtype)
+    return vae, load_vae_weights(folder, vae), float(cfg.get("scaling_factor", SD_VAE_SCALE))
+
+
 def _check_config(block_out_channels: Sequence[int], layers_per_block: int, norm_num_groups: int,
                   latent_channels: int, in_channels: int, out_channels: int) -> None:
     if not isinstance(block_out_channels, Sequence) or not block_out_channels:
@@ -299,5 +330,5 @@ from edt_jax.models.vae_convert import (  # noqa: E402
     vae_params_from_torch,
 )
 
-__all__ = ["SD_VAE_SCALE", "AutoencoderKL", "abstract_vae_params", "create_vae", "find_vae_weights",
+__all__ = ["SD_VAE_SCALE", "AutoencoderKL", "abstract_vae_params", "create_vae", "find_vae_weights", "load_vae",
            "load_vae_weights", "posterior_mode", "sample_posterior", "vae_params_from_torch"]
