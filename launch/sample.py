@@ -3,6 +3,13 @@
     python -m launch.sample --workdir /tmp/shapes_edt --sampler unipc --steps 20 --num_samples 64 \\
         --output /tmp/shapes_edt/samples.png
     python -m launch.sample --workdir /tmp/mnist_edt --guidance_scale 2 --guided_fraction 0.4   # guide 8 of 20 calls
+    python -m launch.sample --pipeline /data/stable-diffusion-v1-5 --prompt "an astronaut riding a horse" \
+        --steps 25 --output /tmp/sd/astronaut.png
+
+With --pipeline (a local diffusers Stable Diffusion folder) the prompts (--prompt, repeatable) are drawn with
+``edt_jax.t2i.StableDiffusion``: the folder's scheduler unless --sampler names a library sampler, --steps 50 and
+--guidance_scale 7.5 unless given; the ``.npz`` holds ``images`` (N, H, W, 3) in [0, 1], ``latents`` and
+``prompts``.
 
 Writes a PNG grid and an ``.npz`` beside it with ``samples`` (N, H, W, C) in [-1, 1] and ``labels``: exactly
 ``edt_jax.load_run(workdir).sample(labels, num_samples, seed=..., ...)`` for the same options. Latent-space models
@@ -23,6 +30,53 @@ from launch import common
 common.define_sampling_flags()
 common.define_flag(flags.DEFINE_string, "output", None,
                    "PNG path (default WORKDIR/samples.png); the .npz goes beside it")
+PIPELINE_BATCH = 8  # prompts per compiled call of --pipeline
+
+flags.DEFINE_string("pipeline", None, "a local diffusers Stable Diffusion folder to sample instead of a run")
+flags.DEFINE_multi_string("prompt", None, "a prompt for --pipeline (repeat the flag for several)")
+flags.DEFINE_string("negative_prompt", "", "the negative prompt of --pipeline (the unconditional branch)")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of --pipeline's networks")
+
+
+def sample_pipeline(f) -> None:
+    """--pipeline: the prompts through ``StableDiffusion``; writes the grid and the arrays."""
+    from edt_jax.t2i import StableDiffusion
+
+    if not f.prompt:
+        raise ValueError("--pipeline needs at least one --prompt")
+    if f.output is None:
+        raise ValueError("--pipeline needs --output (the PNG path; the .npz goes beside it)")
+    pipe = StableDiffusion.from_pretrained(f.pipeline, dtype=f.dtype)
+    prompts = [p for p in f.prompt for _ in range(f.num_samples or 1)]
+    # Batches of one size (the last padded with its final prompt, then cut): one compile for any number of prompts.
+    size = min(PIPELINE_BATCH, len(prompts))
+    images, latents = [], []
+    for start in range(0, len(prompts), size):
+        batch = prompts[start:start + size]
+        batch += batch[-1:] * (size - len(batch))
+        out = pipe.sample(pipe.encode_prompt(batch), pipe.encode_prompt([f.negative_prompt] * size),
+                          num_inference_steps=f.steps or 50, seed=f.seed + start, sampler=f.sampler or "scheduler",
+                          guidance_scale=_pipeline_guidance(pipe, f))
+        images.append(out["images"][:len(prompts) - start])
+        latents.append(out["latents"][:len(prompts) - start])
+    output = paths.as_path(f.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    images = np.concatenate(images)
+    with output.with_suffix(".npz").open("wb") as file:
+        np.savez(file, images=images, latents=np.concatenate(latents), prompts=np.asarray(prompts))
+    save_grid(images * 2 - 1, output)
+    print(f"wrote {len(images)} images: the grid {output.resolve()} and the arrays "
+          f"{output.with_suffix('.npz').resolve()}")
+
+
+def _pipeline_guidance(pipe, f):
+    scale = 7.5 if f.guidance_scale is None else f.guidance_scale
+    if f.guided_fraction == 1.0:
+        return scale
+    from edt_jax import samplers
+
+    calls = len(pipe.call_timesteps(f.steps or 50, f.sampler or "scheduler"))
+    return samplers.guidance_schedule(scale, calls, f.guided_fraction, after=f.guidance_after)
 
 
 def main(argv):
@@ -30,6 +84,14 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     common.quiet_library_logs()
     f = flags.FLAGS
+    if (f.workdir is None) == (f.pipeline is None):
+        common.exit_with_error(ValueError("give exactly one of --workdir (a training run) and --pipeline "
+                                          "(a diffusers Stable Diffusion folder)"))
+    if f.pipeline is not None:
+        try:
+            return sample_pipeline(f)
+        except common.USER_ERRORS as err:
+            common.exit_with_error(err)
     try:
         run = edt_jax.load_run(f.workdir, f.step, f.use_ema, vae_path=f.vae)
         num = run.default_num_samples if f.num_samples is None else f.num_samples
@@ -56,5 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])  # here, not at import: launch.analyze reuses these flags
     app.run(main)
