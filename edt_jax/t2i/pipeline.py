@@ -5,7 +5,8 @@
     # (1, 512, 512, 3) float32 in [0, 1], like diffusers' output_type="np"
 
 The folder is what ``StableDiffusionPipeline.save_pretrained`` writes (the hub layout of SD 1.x / 2.x):
-``model_index.json``, ``unet/``, ``text_encoder/``, ``tokenizer/``, ``vae/`` and ``scheduler/``. A call encodes the
+``model_index.json``, ``unet/``, ``text_encoder/``, ``tokenizer/``, ``vae/`` and ``scheduler/`` (a pixel-space model,
+such as the library's own small text-to-image models, has ``"vae": [null, null]`` and no ``vae/``). A call encodes the
 prompts (the negative prompt is the unconditional branch of classifier-free guidance), samples the latents with
 the folder's scheduler config through ``samplers.diffusers_sampler`` (or any library sampler by name), and decodes
 ``latents / scaling_factor`` with the VAE; sampling and decoding are one compiled function, the batch sharded over
@@ -42,6 +43,12 @@ SCHEDULER = "scheduler"
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "vae", "scheduler")
 
 
+def has_vae(folder) -> bool:
+    """Whether the pipeline folder's model_index.json names a VAE (pixel-space models set it to null)."""
+    entry = _read_json(paths.as_path(folder) / "model_index.json").get("vae", ["diffusers", "AutoencoderKL"])
+    return bool(entry) and entry[0] is not None
+
+
 def _read_json(path) -> dict:
     return json.loads(paths.as_path(path).read_text())
 
@@ -53,7 +60,8 @@ def check_pipeline_folder(folder: paths.PathLike):
         raise FileNotFoundError(f"{str(folder)!r} is not a diffusers pipeline folder: it has no model_index.json "
                                 f"(expected model_index.json, {', '.join(c + '/' for c in COMPONENTS)}; download "
                                 f"the model yourself, nothing is fetched at run time)")
-    missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+    needed = [c for c in COMPONENTS if c != "vae" or has_vae(folder)]
+    missing = [c for c in needed if not (folder / c).is_dir()]
     if missing:
         raise FileNotFoundError(f"pipeline folder {str(folder)!r} has no {', '.join(m + '/' for m in missing)} "
                                 f"(a Stable Diffusion folder holds {', '.join(c + '/' for c in COMPONENTS)})")
@@ -70,7 +78,7 @@ class StableDiffusion:
     text_encoder: nn.Module
     text_params: Any
     tokenizer: CLIPTokenizer
-    vae: AutoencoderKL
+    vae: AutoencoderKL | None  # None: a pixel-space model, whose samples are the images in [-1, 1]
     vae_params: Any
     scaling_factor: float
     scheduler_config: dict
@@ -94,7 +102,7 @@ class StableDiffusion:
         mesh = mesh if mesh is not None else create_mesh()
         unet, unet_params = load_unet(folder / "unet", dtype=dtype, remat=remat)
         text_encoder, text_params = load_text_encoder(folder / "text_encoder", dtype=dtype)
-        vae, vae_params, scaling_factor = load_vae(folder / "vae", dtype=dtype)
+        vae, vae_params, scaling_factor = load_vae(folder / "vae", dtype=dtype) if has_vae(folder) else (None, {}, 1.0)
         scheduler_file = folder / "scheduler" / "scheduler_config.json"
         if not scheduler_file.is_file():
             raise FileNotFoundError(f"no scheduler config at {str(scheduler_file)!r}")
@@ -118,12 +126,12 @@ class StableDiffusion:
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(h, w, c) of the latents of (height, width) images (default: the UNet's ``sample_size``)."""
-        f = self.vae.downscale
-        default = self.unet.sample_size * f
+        f = 1 if self.vae is None else self.vae.downscale
+        default = (self.unet.sample_size or 64) * f
         height, width = height or default, width or default
         if height % f or width % f:
             raise ValueError(f"height and width must be multiples of {f} (the VAE's downscale), got {height}x{width}")
-        return height // f, width // f, self.vae.latent_channels
+        return height // f, width // f, self.unet.config.in_channels
 
     # ------------------------------------------------------------------------------------------------------ text
     def tokenize(self, prompts: str | Sequence[str]) -> np.ndarray:
@@ -170,8 +178,7 @@ class StableDiffusion:
                               guidance_scale=static_scale if scales is None else scales,
                               return_trajectory=trajectory)
             latents, traj = out if trajectory else (out, None)
-            images = self.vae.apply({"params": vae_params}, latents / self.scaling_factor, method=self.vae.decode)
-            return jnp.clip(images / 2 + 0.5, 0.0, 1.0), latents, traj
+            return self._to_images(vae_params, latents), latents, traj
 
         self._compiled[key] = jax.jit(run)
         return self._compiled[key]
@@ -255,9 +262,15 @@ class StableDiffusion:
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Images (B, H, W, 3) in [0, 1] of latents (B, h, w, c) as the UNet sees them (e.g. a trajectory's)."""
         if "decode" not in self._compiled:
-            self._compiled["decode"] = jax.jit(lambda p, z: jnp.clip(self.vae.apply(
-                {"params": p}, z / self.scaling_factor, method=self.vae.decode) / 2 + 0.5, 0.0, 1.0))
+            self._compiled["decode"] = jax.jit(self._to_images)
         return np.asarray(self._compiled["decode"](self.vae_params, jnp.asarray(latents, jnp.float32)))
+
+    def _to_images(self, vae_params, latents: jax.Array) -> jax.Array:
+        """(B, H, W, 3) in [0, 1]: the VAE decodes ``latents / scaling_factor`` (a pixel-space model's samples
+        are the images in [-1, 1]), then (x / 2 + 0.5) clipped, as diffusers' output_type="np"."""
+        images = latents if self.vae is None else self.vae.apply(
+            {"params": vae_params}, latents / self.scaling_factor, method=self.vae.decode)
+        return jnp.clip(images / 2 + 0.5, 0.0, 1.0)
 
 
 def _pad(array, pad: int):
