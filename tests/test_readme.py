@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
 # One marker per python block of the README, each run by a test below.
-MARKERS = ("edt_jax.load_run(", "nn.Dense(8)", 'create_model("EDT-S/2")', "guidance_schedule(4.0",
+MARKERS = ("edt_jax.load_run(", "nn.Dense(8)", 'create_model("EDT-S/2")', "StableDiffusion.from_pretrained(",
            "restoration.create_degradation", "disentangle.DisDiff(")
 
 
@@ -75,11 +75,14 @@ def test_readme_official_weights_example_runs(tmp_path, monkeypatch):
     assert np.array_equal(kernel, state["final_layer.linear.weight"].T)
 
 
-def test_readme_guidance_window_example_runs():
-    namespace = run_readme_block("guidance_schedule(4.0")
-    assert namespace["x0"].shape == (4, 4, 4, 1) and namespace["traj"].denoised.shape == (10, 4, 4, 4, 1)
-    low, high = namespace["low"], namespace["high"]
-    assert bool(jnp.allclose(low + high, namespace["traj"].denoised[3], atol=1e-6))
+def test_readme_stable_diffusion_example_runs():
+    # The tiny diffusers folder of the fixtures stands in for SD 1.5, with 4 steps instead of 25.
+    folder = REPO / "tests" / "fixtures" / "sd_tiny_pipeline"
+    namespace = run_readme_block("StableDiffusion.from_pretrained(", replace={
+        '"/data/stable-diffusion-v1-5"': repr(str(folder)), "num_inference_steps=25": "num_inference_steps=4"})
+    images = namespace["images"]
+    assert images.shape == (1, 32, 32, 3) and images.dtype == np.float32
+    assert 0.0 <= images.min() and images.max() <= 1.0
 
 
 def test_readme_restoration_example_runs():
