@@ -13,7 +13,8 @@ needs no VAE). Numbers: docs/disdiff.md (from benchmarks/results/disentanglement
 
 ``:quick`` is the setting that disentangles on a CPU (``python -m benchmarks.disentanglement --preset quick``):
 the 3-factor slice ``SHAPES_HUE_POSITION`` of shapes and, as the frozen DPM, the exact closed-form DPM of its
-384 images (``dpm.kind = "closed_form"``: nothing to train, no --dpm_workdir). ``:quick_test`` is it in a few
+384 images (``dpm.kind = "closed_form"``: nothing to train, no --dpm_workdir). ``:quick_smoothed`` is it against
+the DPM of the images blurred by N(0, 0.3^2) (``dpm.bandwidth``), lambda 0.2. ``:quick_test`` is it in a few
 steps for the tests.
 """
 
@@ -22,18 +23,20 @@ import ml_collections
 from configs.base import disentangle_config, disentangle_test_variant
 from edt_jax.data.ground_truth import SHAPES_HUE_POSITION
 
-VARIANTS = (None, "", "n6", "lambda0", "test", "quick", "quick_test")
+VARIANTS = (None, "", "n6", "lambda0", "test", "quick", "quick_smoothed", "quick_test")
 
 
 def get_config(arg=None):
     if arg not in VARIANTS:
-        raise ValueError(f"shapes_disdiff: unknown variant {arg!r}; use none, n6, lambda0, test, quick or quick_test")
+        raise ValueError(f"shapes_disdiff: unknown variant {arg!r}; use none, n6, lambda0, test, quick, "
+                         f"quick_smoothed or quick_test")
     c = disentangle_config("shapes")
     c.dpm_workdir = ""  # the frozen DPM: a launch.train run on 32x32x3 shapes (or --dpm_workdir)
     # "run": the launch.train run in dpm_workdir; "closed_form": the exact DPM of the config's images under the
     # official Shapes3D schedule (LDM "linear": sqrt(beta) linear from sqrt(0.0015) to sqrt(0.0155), 1000 steps).
+    # bandwidth > 0 (closed_form only): the exact DPM of the images blurred by N(0, bandwidth^2), see :quick_smoothed.
     c.dpm = ml_collections.ConfigDict(dict(kind="run", linear_start=0.0015, linear_end=0.0155, timesteps=1000,
-                                           chunk_size=1024))
+                                           chunk_size=1024, bandwidth=0.0))
     c.model = ml_collections.ConfigDict(dict(
         name="DisDiff",
         num_factors=6 if arg == "n6" else 7,  # N code chunks; shapes has 7 true factors
@@ -53,8 +56,13 @@ def get_config(arg=None):
     # 32 sources (the "what changes" table), the first grid_columns of them in the grid.
     c.swap = ml_collections.ConfigDict(dict(num_images=32, grid_columns=8, sampler="ddim", steps=20, seed=0,
                                             start="inversion"))
-    if arg in ("quick", "quick_test"):
+    if arg in ("quick", "quick_smoothed", "quick_test"):
         quick_variant(c)
+    if arg == "quick_smoothed":
+        # The exact DPM snaps x_t to the nearest training image early, leaving the fields nothing to predict;
+        # blurring each image into N(x_i, 0.3^2 I) keeps the posterior undecided longer (docs/disdiff.md).
+        c.dpm.bandwidth = 0.3
+        c.model.dis_weight = 0.2
     if arg == "quick_test":
         disentangle_test_variant(c)
         c.data.source = SHAPES_HUE_POSITION

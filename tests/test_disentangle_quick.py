@@ -106,3 +106,29 @@ def test_quick_preset_end_to_end(tmp_path):
     assert (tmp_path / "disdiff" / "swap.png").is_file()
     again = quick_run("quick_test", 0, tmp_path)  # every stage is done: nothing is redone
     assert again["disdiff"]["train_wall_s"] == summary["disdiff"]["train_wall_s"]
+
+
+def test_smoothed_dpm_is_the_posterior_mean_of_the_blurred_images():
+    # x0 ~ uniform over N(x_i, h^2 I): brute force in float64 over the components.
+    rng = np.random.default_rng(3)
+    images = rng.uniform(-1, 1, (9, 4, 4, 3)).astype(np.float32)
+    t = np.array([0, 50, 300, 700, 999])
+    x = rng.normal(size=(5, 4, 4, 3)).astype(np.float32)
+    h = 0.3
+    dpm = DatasetDPM(jnp.asarray(images), NS, chunk_size=4, bandwidth=h)
+    x0 = np.asarray(jax.jit(dpm.x0_predictor())(dpm.params, jnp.asarray(x), jnp.asarray(t)))
+    abar = NS.alphas_cumprod[t].astype(np.float64)
+    a, var = np.sqrt(abar), (1 - abar) + abar * h * h
+    flat, data = x.reshape(5, -1).astype(np.float64), images.reshape(9, -1).astype(np.float64)
+    logits = -((flat[:, None] - a[:, None, None] * data[None]) ** 2).sum(-1) / (2 * var[:, None])
+    w = np.exp(logits - logits.max(1, keepdims=True))
+    w /= w.sum(1, keepdims=True)
+    within = data[None] + (a * h * h / var)[:, None, None] * (flat[:, None] - a[:, None, None] * data[None])
+    np.testing.assert_allclose(x0.reshape(5, -1), (w[..., None] * within).sum(1), atol=2e-5)
+    # Bandwidth 0 is the exact DPM; a negative one is refused.
+    exact = DatasetDPM(jnp.asarray(images), NS, bandwidth=0.0)
+    np.testing.assert_array_equal(exact.x0_predictor()(exact.params, jnp.asarray(x), jnp.asarray(t)),
+                                  DatasetDPM(jnp.asarray(images), NS).x0_predictor()(exact.params, jnp.asarray(x),
+                                                                                     jnp.asarray(t)))
+    with pytest.raises(ValueError, match=r"bandwidth=-0.1 must be a finite number >= 0"):
+        DatasetDPM(images, NS, bandwidth=-0.1)

@@ -161,8 +161,14 @@ class DatasetDPM:
     params: jax.Array | np.ndarray
     schedule: NoiseScheduleVP
     chunk_size: int = 1024
+    # > 0: the DPM of the images blurred into Gaussians N(x_i, bandwidth^2 I) (a kernel density estimate), not of
+    # the K points themselves. Its denoiser no longer snaps to the nearest image at moderate noise.
+    bandwidth: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.bandwidth, bool) or not isinstance(self.bandwidth, (int, float)) \
+                or not 0.0 <= self.bandwidth < float("inf"):
+            raise ValueError(f"DatasetDPM: bandwidth={self.bandwidth!r} must be a finite number >= 0")
         if np.ndim(self.params) != 4 or np.shape(self.params)[0] < 1:
             raise ValueError(f"DatasetDPM: images must be a non-empty (K, H, W, C) array, got shape "
                              f"{np.shape(self.params)}")
@@ -174,11 +180,21 @@ class DatasetDPM:
         return self.schedule.marginal_alpha(t), self.schedule.marginal_std(t)
 
     def x0_predictor(self) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
-        """``(images, x_t, t_input) -> x0``: the posterior mean over the images, (B, H, W, C)."""
+        """``(images, x_t, t_input) -> x0``: the posterior mean over the images (over their Gaussian blurs with a
+        ``bandwidth``), (B, H, W, C)."""
 
         def x0(images, x_t, t_input):
             alpha, sigma = self._alpha_sigma(x_t, t_input)
-            return dataset_posterior_mean(images, x_t, alpha, sigma, chunk_size=self.chunk_size)
+            if not self.bandwidth:
+                return dataset_posterior_mean(images, x_t, alpha, sigma, chunk_size=self.chunk_size)
+            # x_t | i ~ N(alpha x_i, (sigma^2 + alpha^2 h^2) I): the component weights are the exact DPM's at the
+            # wider noise level, and within component i, E[x0 | x_t, i] = x_i + alpha h^2 / s^2 (x_t - alpha x_i).
+            h2 = float(self.bandwidth) ** 2
+            var = sigma ** 2 + alpha ** 2 * h2
+            mean = dataset_posterior_mean(images, x_t, alpha, jnp.sqrt(var), chunk_size=self.chunk_size)
+            shape = (-1,) + (1,) * (x_t.ndim - 1)
+            gain = (alpha * h2 / var).reshape(shape)
+            return mean + gain * (x_t - alpha.reshape(shape) * mean)
 
         return x0
 

@@ -89,7 +89,8 @@ def dpm_kind(config: ml_collections.ConfigDict) -> str:
 def closed_form_dpm(config: ml_collections.ConfigDict) -> DatasetDPM:
     """The exact DPM of every image of ``config.data.source`` (a ground-truth source: ``shapes...``) under the
     discrete schedule ``config.dpm``: betas linear in sqrt(beta) from ``linear_start`` to ``linear_end`` over
-    ``timesteps`` (the LDM "linear" schedule of the official configs). Nothing is trained."""
+    ``timesteps`` (the LDM "linear" schedule of the official configs). Nothing is trained. ``dpm.bandwidth`` > 0
+    smooths it: the exact DPM of the images blurred by N(0, bandwidth^2) (``DatasetDPM.bandwidth``)."""
     d = config.dpm
     if not 0 < d.linear_start < d.linear_end < 1:
         raise ValueError(f"dpm.linear_start={d.linear_start!r}, dpm.linear_end={d.linear_end!r}: need "
@@ -102,7 +103,7 @@ def closed_form_dpm(config: ml_collections.ConfigDict) -> DatasetDPM:
                          f"config disentangles {image_shape(config)}")
     # A host array: jit places it wherever the trainer's mesh puts the other arguments.
     return DatasetDPM(np.asarray(images, np.float32), NoiseScheduleVP.discrete(betas=betas),
-                      chunk_size=int(d.get("chunk_size", 1024)))
+                      chunk_size=int(d.get("chunk_size", 1024)), bandwidth=float(d.get("bandwidth", 0.0)))
 
 
 def dpm_dir(config: ml_collections.ConfigDict, given: str | None) -> epath.Path:
