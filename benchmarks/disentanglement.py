@@ -276,6 +276,7 @@ def quick_main(a: argparse.Namespace, seeds: list[int]) -> None:
     if a.preset != "quick_test":  # the tests' few-step runs write no results files
         smoothed = "_smoothed" if a.preset == "quick_smoothed" else ""
         stem = f"disentanglement_shapes_hue_position{smoothed}_{jax.default_backend()}"
+        Path(a.out).mkdir(parents=True, exist_ok=True)
         shutil.copy(summaries[0]["swap"]["grid"], Path(a.out) / f"{stem}_swap_disdiff.png")
         write_results(a.out, stem, report, payload)
 
