@@ -32,10 +32,13 @@ common.define_flag(flags.DEFINE_string, "output", None,
                    "PNG path (default WORKDIR/samples.png); the .npz goes beside it")
 PIPELINE_BATCH = 8  # prompts per compiled call of --pipeline
 
-flags.DEFINE_string("pipeline", None, "a local diffusers Stable Diffusion folder to sample instead of a run")
-flags.DEFINE_multi_string("prompt", None, "a prompt for --pipeline (repeat the flag for several)")
-flags.DEFINE_string("negative_prompt", "", "the negative prompt of --pipeline (the unconditional branch)")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype of --pipeline's networks")
+common.define_flag(flags.DEFINE_string, "pipeline", None,
+                   "a local diffusers Stable Diffusion folder to sample instead of a run")
+common.define_flag(flags.DEFINE_multi_string, "prompt", None, "a prompt for --pipeline (repeat the flag for several)")
+common.define_flag(flags.DEFINE_string, "negative_prompt", "",
+                   "the negative prompt of --pipeline (the unconditional branch)")
+common.define_flag(flags.DEFINE_enum, "dtype", "float32", ["float32", "bfloat16"],
+                   "compute dtype of --pipeline's networks")
 
 
 def sample_pipeline(f) -> None:

@@ -165,16 +165,19 @@ class StableDiffusion:
         else:
             schedule, prediction = self.schedule, self.prediction
 
-            def run_sampler(network, x_T, **kwargs):
-                return samplers.sample(sampler, network, x_T, schedule, steps=steps, prediction=prediction, **kwargs)
+            def run_sampler(network, x_T, *, key, **kwargs):
+                return samplers.sample(sampler, network, x_T, schedule, steps=steps, prediction=prediction,
+                                       key=key, **kwargs)
 
-        def run(unet_params, vae_params, cond, uncond, x_T, scales, threshold):
+        def run(unet_params, vae_params, cond, uncond, x_T, scales, threshold, key):
             def network(x, t, text):
                 return self.unet.apply({"params": unet_params}, x, t, text)
 
             if switch:
                 network = switched_network(network, threshold)
-            out = run_sampler(network, x_T, condition=cond, unconditional_condition=uncond,
+            # The key drives the step noise of ddpm (the ODE samplers and the scheduler ignore it).
+            extra = {} if sampler == SCHEDULER else {"key": key}
+            out = run_sampler(network, x_T, condition=cond, unconditional_condition=uncond, **extra,
                               guidance_scale=static_scale if scales is None else scales,
                               return_trajectory=trajectory)
             latents, traj = out if trajectory else (out, None)
@@ -195,7 +198,8 @@ class StableDiffusion:
           latents: (B, h, w, c) initial noise (NHWC); default ``normal(key(seed))`` of ``latent_shape``.
           guidance_scale: a number, or one scale per model call ((S,) array: guidance windows, "guidance only in
             the first calls"); calls at exactly 0 or 1 run one branch only.
-          sampler: ``"scheduler"`` (the folder's scheduler config) or a library sampler (unipc, dpm_solver, ddim).
+          sampler: ``"scheduler"`` (the folder's scheduler config) or a library sampler (unipc, dpm_solver, ddim,
+            ddpm: its step noise is drawn from ``fold_in(key(seed), 1)``).
           switch_condition, switch_after_calls: the prompt switch: ``condition`` for the first
             ``switch_after_calls`` model calls, ``switch_condition`` (B, L, D) after (the unconditional branch
             keeps ``unconditional_condition``).
@@ -228,7 +232,8 @@ class StableDiffusion:
         pad = -batch % batch_devices(self.mesh)
         sharded = jax.tree_util.tree_map(lambda a: jax.device_put(_pad(a, pad), batch_sharding(self.mesh)),
                                          (cond, uncond, latents))
-        images, final, traj = run(self.unet_params, self.vae_params, *sharded, scales, threshold)
+        images, final, traj = run(self.unet_params, self.vae_params, *sharded, scales, threshold,
+                                  jax.random.fold_in(jax.random.key(seed), 1))
         out = {"images": np.asarray(images)[:batch], "latents": np.asarray(final)[:batch]}
         if return_trajectory:
             out["trajectory"] = samplers.Trajectory(np.asarray(traj.t), np.asarray(traj.x)[:, :batch],
