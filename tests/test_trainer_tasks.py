@@ -135,3 +135,10 @@ def test_a_torn_metrics_line_is_not_a_record(tmp_path):
     assert path.read_text() == '{"step": 1, "loss": 0.5}\n{"step": 2, "loss": 0.4}\n'
     MetricsWriter(tmp_path, total_steps=10).truncate_after(1)
     assert read_records(path) == [{"step": 1, "loss": 0.5}]
+
+
+def test_the_last_step_is_saved_off_the_checkpoint_grid(tmp_path):
+    # total_steps 13 with checkpoints every 10: the run ends with both step 10 and step 13 on disk.
+    run(tmp_path, 13)
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [10, 13]

@@ -154,7 +154,8 @@ def _train(task, tx, dataset, mesh, workdir, options, config, rules, hold) -> Tr
                 if log_now:
                     history.append(writer.write(step, scalars))
             if save_now:
-                save(step)
+                # The last step is saved even off the checkpoint grid (the checkpointer skips those unless forced).
+                save(step, force=step == options.total_steps)
             if stopping:
                 cause = f"received signal {stop.signal}" if stop.signal is not None else "another process was signalled"
                 logging.warning("%s: saving step %d and stopping", cause, step)
