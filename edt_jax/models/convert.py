@@ -58,6 +58,27 @@ def to_flax_layout(array: np.ndarray, leaf: str) -> np.ndarray:
     return array
 
 
+def to_torch_layout(array: np.ndarray, leaf: str) -> np.ndarray:
+    """A Flax variable in PyTorch layout (the inverse of ``to_flax_layout``): Dense kernel (in, out) ->
+    Linear (out, in), conv kernel (kh, kw, in, out) -> (out, in, kh, kw); anything else as it is."""
+    if leaf == "kernel" and array.ndim == 2:
+        return array.T
+    if leaf == "kernel" and array.ndim == 4:
+        return array.transpose(3, 2, 0, 1)
+    return array
+
+
+def torch_state_dict(params: Mapping, name_of) -> dict[str, np.ndarray]:
+    """name -> contiguous float32 numpy tensor in torch layout, for a Flax params tree and its naming function."""
+    out = {}
+    for path, value in traverse_util.flatten_dict(dict(params)).items():
+        name = name_of(path)
+        if name in out:
+            raise ValueError(f"two parameters map onto the tensor name {name!r}")
+        out[name] = np.ascontiguousarray(to_torch_layout(np.asarray(jax.device_get(value), np.float32), path[-1]))
+    return out
+
+
 @dataclasses.dataclass
 class TensorMatch:
     """What ``match_state_dict`` found: the converted arrays and every kind of mismatch."""

@@ -1,0 +1,71 @@
+"""A small pixel-space text-to-image model (SD's UNet + a CLIP text encoder, trained jointly) on captioned shapes.
+
+    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run
+    # or, from Python:  edt_jax.t2i.training.train(get_config(), "/tmp/t2i_run")
+
+Then ``edt_jax.t2i.training.load_text_run("/tmp/t2i_run")`` is a ``StableDiffusion`` pipeline
+(``pipe(["a red circle on a dark blue background"], num_inference_steps=20, guidance_scale=3.0)``) and
+``export_pipeline("/tmp/t2i_run", "/tmp/t2i_pipeline")`` writes it as a diffusers folder.
+
+The default is the CPU run (~24 minutes on a 2-core CPU): 32x32 images of the whole shapes dataset (110,592
+images; captions of shape and colours, each half the time with size and position), a 3-level UNet (16 / 32 / 64
+channels, self- and cross-attention at 16x16, 8x8 and in the middle block; 1.1 M parameters) conditioned on a
+3-layer, 64-wide text encoder over the caption vocabulary (613 tokens), eps prediction on ADM's linear schedule,
+AdamW 3e-4 after a 50-step warmup, batch 64, 10% of the captions dropped for classifier-free guidance.
+Measured on this 2-core CPU: 1.8 s a step for (16, 32, 64) channels, 2.9 s for (32, 64, 64), 7.1 s for (64, 128)
+(the backward convolutions cost 3x the forward on XLA:CPU), so the widths are the narrowest and the budget is 720
+steps. ``get_config("test")`` is a few steps of a minute model for the tests.
+"""
+
+import ml_collections
+
+from configs.base import base_config, decay_over_the_run
+
+
+def get_config(arg=None):
+    if arg not in (None, "", "test"):
+        raise ValueError(f"shapes_t2i: unknown variant {arg!r}; use none (the CPU run) or test")
+    c = base_config()
+    del c.vae  # pixel space
+    c.task = "text_to_image"  # edt_jax.t2i.training.train runs it (not runs.train)
+    c.total_steps = 720  # ~1.8 s a step on a 2-core CPU: ~22 minutes of steps
+    c.batch_size = 64
+    c.log_every_steps = 20
+    c.checkpoint_every_steps = 60
+    c.keep_checkpoints = 3
+    c.ema_decay = 0.995  # a short run: the EMA must forget the initialisation within a few hundred steps
+    c.model = ml_collections.ConfigDict(dict(
+        name="sd_unet_clip", dtype="float32",
+        # diffusers' UNet2DConditionModel: 32x32 -> 16x16 -> 8x8; no attention at 32x32 (1024 tokens would cost
+        # more than the rest of the step on a CPU).
+        unet=dict(block_out_channels=(16, 32, 64), down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2,
+                  up_block_types=("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",), mid_block_type="UNetMidBlock2DCrossAttn",
+                  layers_per_block=1, attention_heads=4, transformer_layers_per_block=1, norm_num_groups=8,
+                  use_linear_projection=True),
+        # transformers' CLIPTextModel; its width is the UNet's cross_attention_dim, its vocabulary the captions'.
+        text_encoder=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
+                          hidden_act="quick_gelu")))
+    c.data = ml_collections.ConfigDict(dict(
+        source="shapes", image_size=32, channels=3,
+        caption_dropout=0.1,  # captions replaced by the empty prompt: the unconditional branch of guidance
+        optional_probability=0.5,  # how often a caption names the size, and (independently) the position
+        num_workers=0, num_threads=None))
+    c.diffusion = ml_collections.ConfigDict(dict(num_timesteps=1000, beta_schedule="linear",
+                                                 timestep_sampler="uniform"))
+    c.loss = ml_collections.ConfigDict(dict(prediction="eps", weighting="none", snr_gamma=5.0))
+    c.optimizer = ml_collections.ConfigDict(dict(name="adamw", weight_decay=0.0, grad_clip_norm=1.0, warmup_steps=50))
+    decay_over_the_run(c, 3e-4, 3e-5)  # warmup, then a linear decay to 3e-5 over the run's total_steps
+    # The pipeline's scheduler (scheduler/scheduler_config.json of the export) and sampling defaults.
+    c.sample = ml_collections.ConfigDict(dict(scheduler="UniPCMultistepScheduler", steps=20, guidance_scale=3.0,
+                                              num_samples=24, use_ema=True))
+    if arg == "test":  # a few steps of a minute model (batch 8: the tests' 8 virtual devices)
+        c.total_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 2, 8, 1, 2
+        c.optimizer.warmup_steps = 1
+        # Cross-attention in the middle block only: each transformer block adds more compile time than a resnet.
+        c.model.unet.update(dict(block_out_channels=(16, 32), attention_heads=2,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D")))
+        c.model.text_encoder.update(dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2))
+        c.sample.steps = 3
+    return c
