@@ -4,8 +4,13 @@
     python -m launch.analyze --workdir /tmp/mnist_edt --analysis reverse    # which band settles first
     python -m launch.analyze --workdir /tmp/mnist_edt --analysis switch     # label A, then B after a fraction
     python -m launch.analyze --workdir /tmp/mnist_edt --analysis guidance   # guidance windows: FD, accuracy, L1
+    python -m launch.analyze --pipeline /data/sd-folder --prompts prompts.jsonl --analysis reverse,switch,eos,guidance \
+        --output_dir /tmp/t2i_analysis --steps 25 --guidance_scale 7.5 --seeds 0,1 --num_per_prompt 4
 
-What each analysis measures: ``edt_jax.analysis.experiments``. The sampling flags are ``launch.sample``'s.
+What each analysis measures: ``edt_jax.analysis.experiments``, and with ``--pipeline`` (a local diffusers Stable
+Diffusion folder; the prompts file has one ``{"prompt": ..., "factors": {...}}`` record per line)
+``edt_jax.analysis.text``. The sampling flags are ``launch.sample``'s (``--pipeline``: --sampler defaults to the
+folder's scheduler, --steps to 25, --guidance_scale to 7.5, --batch_size to 8).
 ``--analysis`` takes several, comma-separated (the run is loaded once). Each writes ``<output_dir>/<analysis>.json``,
 ``.md`` and ``.png`` (default output_dir: WORKDIR/analysis).
 """
@@ -18,7 +23,8 @@ from absl import app, flags, logging
 
 import edt_jax
 from edt_jax import paths
-from edt_jax.analysis import experiments
+from edt_jax.analysis import experiments, text
+from edt_jax.analysis.prompts import load_prompts
 from edt_jax.diffusion import BETA_SCHEDULES
 from launch import common
 
@@ -35,16 +41,55 @@ common.define_flag(flags.DEFINE_enum, "beta_schedule", None, list(BETA_SCHEDULES
 common.define_flag(flags.DEFINE_float, "tolerance", 0.1, "reverse: a band has settled within this relative distance")
 common.define_flag(flags.DEFINE_list, "fractions", None,
                    "switch: fractions of the calls with the first label (default 0,0.1,...,1); guidance: guided "
-                   "fractions (default 1,0.8,0.6,0.4,0.2,0)")
+                   "fractions (default 1,0.8,0.6,0.4,0.2,0; with --pipeline the switch runs every k = 0..S)")
 common.define_flag(flags.DEFINE_list, "intervals", ["300:700", "0:500"],
                    "guidance: t_lo:t_hi intervals in training timesteps")
 common.define_flag(flags.DEFINE_list, "seeds", ["0", "1"], "switch / guidance: sampling seeds")
-common.define_flag(flags.DEFINE_integer, "batch_size", 256, "switch / guidance: samples per sampler call")
+common.define_flag(flags.DEFINE_integer, "batch_size", 256,
+                   "switch / guidance: samples per sampler call (--pipeline: default 8)")
+common.define_flag(flags.DEFINE_string, "pipeline", None,
+                   f"a local diffusers Stable Diffusion folder instead of --workdir: the text-to-image analyses "
+                   f"{', '.join(text.TEXT_EXPERIMENTS)} with --prompts")
+common.define_flag(flags.DEFINE_string, "prompts", None,
+                   "--pipeline: JSON-lines prompts file, one {\"prompt\": ..., \"factors\": {...}} record per line")
+common.define_flag(flags.DEFINE_integer, "num_per_prompt", 4, "--pipeline: samples per prompt and seed")
+common.define_flag(flags.DEFINE_string, "negative_prompt", "", "--pipeline: the negative prompt (unconditional branch)")
+common.define_flag(flags.DEFINE_enum, "dtype", "float32", ["float32", "bfloat16"],
+                   "--pipeline: compute dtype of the networks")
+
+
+def analyze_pipeline(kinds: list[str]):
+    """Yields (name, Report) for each text-to-image analysis in ``kinds`` on the --pipeline folder."""
+    from edt_jax.t2i import SCHEDULER, StableDiffusion
+
+    f = flags.FLAGS
+    unknown = [k for k in kinds if k not in text.TEXT_EXPERIMENTS]
+    if unknown or not kinds:
+        raise ValueError(f"unknown --analysis {','.join(unknown) or '(none)'} with --pipeline; accepted: "
+                         f"{', '.join(text.TEXT_EXPERIMENTS)}")
+    if f.workdir:
+        raise ValueError("give one of --workdir (a training run) and --pipeline (a diffusers folder), not both")
+    if not f.prompts:
+        raise ValueError("--pipeline needs --prompts (a JSON-lines file of {\"prompt\": ..., \"factors\": ...})")
+    records = load_prompts(f.prompts)
+    pipe = StableDiffusion.from_pretrained(f.pipeline, dtype=f.dtype)
+    options = dict(steps=f.steps or 25, sampler=f.sampler or SCHEDULER,
+                   guidance_scale=7.5 if f.guidance_scale is None else f.guidance_scale,
+                   seeds=[int(s) for s in f.seeds], num_per_prompt=f.num_per_prompt, negative_prompt=f.negative_prompt,
+                   batch_size=f.batch_size if f["batch_size"].present else 8,
+                   cutoffs=[float(c) for c in f.cutoffs], tolerance=f.tolerance)
+    if f.fractions:
+        options["fractions"] = [float(v) for v in f.fractions]
+    for kind in kinds:
+        yield kind, text.run_text_experiment(kind, pipe, records, **options)
 
 
 def analyze(kinds: list[str]):
     """Yields (name, Report) for each analysis in ``kinds``, loading the run (if any) once."""
     f = flags.FLAGS
+    if f.pipeline:
+        yield from analyze_pipeline(kinds)
+        return
     unknown = [k for k in kinds if k not in experiments.EXPERIMENTS]
     if unknown or not kinds:
         raise ValueError(f"unknown --analysis {','.join(unknown) or '(none)'}; accepted: "
@@ -83,7 +128,8 @@ def main(argv):
     common.quiet_library_logs()
     f = flags.FLAGS
     if not f.output_dir and not f.workdir:
-        common.exit_with_error(ValueError("--analysis forward without --workdir needs --output_dir"))
+        common.exit_with_error(ValueError(f"{'--pipeline' if f.pipeline else '--analysis forward without --workdir'} "
+                                          f"needs --output_dir"))
     output = paths.as_path(f.output_dir) if f.output_dir else paths.as_path(f.workdir) / "analysis"
     start = time.time()
     try:

@@ -7,9 +7,11 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from edt_jax.mesh import create_mesh
 from edt_jax.t2i import StableDiffusion
 from tests.reference_fixtures import FIXTURES, load_npz
 
@@ -18,7 +20,8 @@ FOLDER = FIXTURES / "sd_tiny_pipeline"
 
 @pytest.fixture(scope="module")
 def pipe():
-    return StableDiffusion.from_pretrained(FOLDER)
+    # One device: the session's 8 virtual CPU devices would pad every batch of 2 to 8.
+    return StableDiffusion.from_pretrained(FOLDER, mesh=create_mesh(devices=jax.devices()[:1]))
 
 
 @pytest.fixture(scope="module")
