@@ -1,0 +1,114 @@
+"""The small text-to-image model on captioned shapes: how well it follows prompts, and the four working-mechanism
+experiments of Yi et al. on it.
+
+    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run       # ~25 min on 2 CPU cores
+    python -m benchmarks.t2i_shapes --workdir /tmp/t2i_run
+
+Quality: every one of the 72 (shape, object hue, background hue) prompts ("a red circle on a dark blue
+background"), ``--per_prompt`` samples each, drawn with the run's scheduler at ``--steps`` and each guidance scale
+of ``--scales``; the shipped shapes classifier reads the three factors of every sample, and the table gives the
+fraction it reads as prompted (per factor and all three at once), mean and spread over the sampling seeds.
+Then ``analysis.text``'s reverse, switch, eos and guidance experiments on ``--num_prompts`` prompts. Writes
+``benchmarks/results/t2i_shapes_<backend>.{md,json}`` (with a grid of one sample per prompt,
+``..._grid.png``) and the experiments' reports into ``benchmarks/results/t2i_working_mechanism/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from benchmarks.bench_utils import command_line, machine_info, md_table, write_results
+from edt_jax.analysis import experiments, text
+from edt_jax.analysis.prompts import FACTORS, read_factors
+from edt_jax.data.pixels import save_grid
+from edt_jax.mesh import create_mesh
+from edt_jax.reporting import spread
+from edt_jax.t2i import captions, training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", required=True, help="the launch.train run of configs/shapes_t2i.py")
+    p.add_argument("--steps", type=int, default=10, help="scheduler steps (model calls) per sample")
+    p.add_argument("--scales", default="1,3", help="guidance scales of the quality table")
+    p.add_argument("--guidance_scale", type=float, default=3.0, help="the experiments' guidance scale")
+    p.add_argument("--per_prompt", type=int, default=4, help="quality: samples per prompt and seed")
+    p.add_argument("--seeds", default="0,1", help="sampling seeds")
+    p.add_argument("--num_prompts", type=int, default=8, help="experiments: prompts (of the 72)")
+    p.add_argument("--experiments", default=",".join(text.TEXT_EXPERIMENTS), help="which experiments to run")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    return p.parse_args()
+
+
+def quality(pipe, reader, *, steps: int, scales: list[float], per_prompt: int, seeds: list[int]) -> dict:
+    """{scale: {factor or "all": {"per_seed": [...], "mean", "min", "max"}}} of the 72 prompts, and one grid."""
+    records = captions.prompt_records(72)
+    prompts = [r["prompt"] for r in records for _ in range(per_prompt)]
+    targets = {f: np.array([r["factors"][f] for r in records for _ in range(per_prompt)]) for f in FACTORS}
+    cond, uncond = pipe.encode_prompt(prompts), pipe.encode_prompt([""] * len(prompts))
+    out, grid = {}, None
+    for scale in scales:
+        per_seed = {f: [] for f in (*FACTORS, "all")}
+        for seed in seeds:
+            images = pipe.sample(cond, uncond, num_inference_steps=steps, guidance_scale=scale, seed=seed)["images"]
+            seen = read_factors(reader, images, FACTORS)
+            hits = np.stack([seen[f] == targets[f] for f in FACTORS])
+            for f, row in zip(FACTORS, hits, strict=True):
+                per_seed[f].append(float(row.mean()))
+            per_seed["all"].append(float(hits.all(axis=0).mean()))
+            if grid is None and scale == max(scales):
+                grid = images[::per_prompt]
+        out[str(scale)] = {f: {"per_seed": v, **_summary(v)} for f, v in per_seed.items()}
+    return {"by_scale": out, "grid": grid}
+
+
+def _summary(values: list[float]) -> dict:
+    return {"mean": float(np.mean(values)), "min": float(np.min(values)), "max": float(np.max(values))}
+
+
+def main() -> None:
+    a = parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    scales = [float(s) for s in a.scales.split(",")]
+    # One device: the samples are few and small; a multi-device CPU mesh would only split them.
+    pipe = training.load_text_run(a.workdir, mesh=create_mesh(devices=jax.devices()[:1]))
+    reader = text.default_reader()
+    start = time.time()
+    q = quality(pipe, reader, steps=a.steps, scales=scales, per_prompt=a.per_prompt, seeds=seeds)
+    seconds = time.time() - start
+    stem = f"t2i_shapes_{jax.default_backend()}"
+    rows = [[scale, *[spread(q["by_scale"][scale][f]["per_seed"], 3) for f in (*FACTORS, "all")]]
+            for scale in q["by_scale"]]
+    lines = [f"# A small text-to-image model on captioned shapes, {machine_info()}", "",
+             f"`{command_line()}`", "",
+             f"The 72 (shape, object hue, background hue) prompts x {a.per_prompt} samples x seeds {seeds}, "
+             f"{a.steps} steps of the run's scheduler; the fraction of samples the shipped shapes classifier reads "
+             f"as prompted (mean (min-max) over the seeds). {seconds:.0f} s.", "",
+             md_table(["guidance scale", *FACTORS, "all three"], rows), "",
+             f"One sample per prompt (scale {max(scales):g}, seed {seeds[0]}): `{stem}_grid.png`."]
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_grid(q["grid"] * 2 - 1, out / f"{stem}_grid.png")
+    write_results(out, stem, "\n".join(lines) + "\n", {"machine": machine_info(), "steps": a.steps,
+                                                       "per_prompt": a.per_prompt, "seeds": seeds,
+                                                       "quality": q["by_scale"], "seconds": seconds})
+    print("\n".join(lines))
+    records = captions.prompt_records(a.num_prompts)
+    options = dict(steps=a.steps, guidance_scale=a.guidance_scale, seeds=seeds, num_per_prompt=a.per_prompt,
+                   reader=reader)
+    for kind in a.experiments.split(","):
+        start = time.time()
+        report = text.run_text_experiment(kind, pipe, records, **options)
+        experiments.write_report(report, kind, out / "t2i_working_mechanism", time.time() - start)
+        print(report.markdown)
+
+
+if __name__ == "__main__":
+    main()
