@@ -222,18 +222,17 @@ def test_launch_analyze_pipeline(tmp_path, pipe):
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
     # One device, as the pipe fixture (its compiles are not reused: the XLA cache keys differ from this session's,
-    # which has 8 CPU devices); not the switch, whose options the others all take, to spare its compile.
+    # which has 8 CPU devices); two analyses sharing one sampling program (the others are tested in this process).
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1"}
 
     out = subprocess.run([sys.executable, "-m", "launch.analyze", f"--pipeline={FOLDER}", f"--prompts={prompts_file}",
-                          "--analysis=reverse,eos,guidance", f"--output_dir={tmp_path / 'out'}", "--steps=3",
-                          "--guidance_scale=3", "--seeds=0", "--num_per_prompt=1", "--batch_size=4", "--cutoffs=0.25",
-                          "--fractions=0.5"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          "--analysis=eos,guidance", f"--output_dir={tmp_path / 'out'}", "--steps=3",
+                          "--guidance_scale=3", "--seeds=0", "--num_per_prompt=1", "--batch_size=4", "--fractions=0.5"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    for kind in ("reverse", "eos", "guidance"):
+    for kind in ("eos", "guidance"):
         payload = json.loads((tmp_path / "out" / f"{kind}.json").read_text())
         assert payload["setup"]["seeds"] == [0] and payload["setup"]["sampler"] == "scheduler", kind
         assert payload["verdict"] in out.stdout
-    assert list(json.loads((tmp_path / "out" / "reverse.json").read_text())["distances"]) == ["0.25"]
     assert [r["name"] for r in json.loads((tmp_path / "out" / "guidance.json").read_text())["rows"]] == [
         "full guidance", "first 0.5, then cond", "first 0.5, then uncond"]
