@@ -7,14 +7,15 @@ Then ``edt_jax.t2i.training.load_text_run("/tmp/t2i_run")`` is a ``StableDiffusi
 (``pipe(["a red circle on a dark blue background"], num_inference_steps=20, guidance_scale=3.0)``) and
 ``export_pipeline("/tmp/t2i_run", "/tmp/t2i_pipeline")`` writes it as a diffusers folder.
 
-The default is the CPU run (~24 minutes on a 2-core CPU): 32x32 images of the whole shapes dataset (110,592
+The default is the CPU run (about an hour on a 2-core CPU): 32x32 images of the whole shapes dataset (110,592
 images; captions of shape and colours, each half the time with size and position), a 3-level UNet (16 / 32 / 64
 channels, self- and cross-attention at 16x16, 8x8 and in the middle block; 1.1 M parameters) conditioned on a
 3-layer, 64-wide text encoder over the caption vocabulary (613 tokens), eps prediction on ADM's linear schedule,
 AdamW 3e-4 after a 50-step warmup, batch 64, 10% of the captions dropped for classifier-free guidance.
 Measured on this 2-core CPU: 1.8 s a step for (16, 32, 64) channels, 2.9 s for (32, 64, 64), 7.1 s for (64, 128)
-(the backward convolutions cost 3x the forward on XLA:CPU), so the widths are the narrowest and the budget is 720
-steps. ``get_config("test")`` is a few steps of a minute model for the tests.
+(the backward convolutions cost 3x the forward on XLA:CPU), so the widths are the narrowest and the budget is 2,000
+steps (a first run planned for 720 steps still drew noise at step 420; it was extended to this budget).
+``get_config("test")`` is a few steps of a minute model for the tests.
 """
 
 import ml_collections
@@ -28,7 +29,7 @@ def get_config(arg=None):
     c = base_config()
     del c.vae  # pixel space
     c.task = "text_to_image"  # edt_jax.t2i.training.train runs it (not runs.train)
-    c.total_steps = 720  # ~1.8 s a step on a 2-core CPU: ~22 minutes of steps
+    c.total_steps = 2000  # ~1.8 s a step on a 2-core CPU: ~60 minutes
     c.batch_size = 64
     c.log_every_steps = 20
     c.checkpoint_every_steps = 60
