@@ -103,7 +103,7 @@ def main() -> None:
     records = captions.prompt_records(a.num_prompts)
     options = dict(steps=a.steps, guidance_scale=a.guidance_scale, seeds=seeds, num_per_prompt=a.per_prompt,
                    reader=reader)
-    for kind in a.experiments.split(","):
+    for kind in [k for k in a.experiments.split(",") if k]:  # --experiments "": the quality table alone
         start = time.time()
         report = text.run_text_experiment(kind, pipe, records, **options)
         experiments.write_report(report, kind, out / "t2i_working_mechanism", time.time() - start)
