@@ -24,6 +24,7 @@ from absl import app, flags
 
 import edt_jax
 from edt_jax import paths
+from edt_jax.batching import map_in_batches
 from edt_jax.data.pixels import save_grid
 from launch import common
 
@@ -50,36 +51,28 @@ def sample_pipeline(f) -> None:
     if f.output is None:
         raise ValueError("--pipeline needs --output (the PNG path; the .npz goes beside it)")
     pipe = StableDiffusion.from_pretrained(f.pipeline, dtype=f.dtype)
-    prompts = [p for p in f.prompt for _ in range(f.num_samples or 1)]
-    # Batches of one size (the last padded with its final prompt, then cut): one compile for any number of prompts.
+    prompts = np.asarray([p for p in f.prompt for _ in range(f.num_samples or 1)])
+    steps, sampler = f.steps or 50, f.sampler or "scheduler"
+    scales = pipe.guidance_scales(7.5 if f.guidance_scale is None else f.guidance_scale, steps, sampler=sampler,
+                                  guided_fraction=f.guided_fraction, after=f.guidance_after)
     size = min(PIPELINE_BATCH, len(prompts))
-    images, latents = [], []
-    for start in range(0, len(prompts), size):
-        batch = prompts[start:start + size]
-        batch += batch[-1:] * (size - len(batch))
-        out = pipe.sample(pipe.encode_prompt(batch), pipe.encode_prompt([f.negative_prompt] * size),
-                          num_inference_steps=f.steps or 50, seed=f.seed + start, sampler=f.sampler or "scheduler",
-                          guidance_scale=_pipeline_guidance(pipe, f))
-        images.append(out["images"][:len(prompts) - start])
-        latents.append(out["latents"][:len(prompts) - start])
+    starts = np.arange(len(prompts)) // size * size  # each row's batch start: batch k draws from seed + start
+
+    def one_batch(batch, batch_starts):
+        out = pipe.sample(pipe.encode_prompt(list(batch)), pipe.encode_prompt([f.negative_prompt] * len(batch)),
+                          num_inference_steps=steps, seed=f.seed + int(batch_starts[0]), sampler=sampler,
+                          guidance_scale=scales)
+        return out["images"], out["latents"]
+
+    # Batches of one size (the last padded, then cut): one compile for any number of prompts.
+    images, latents = map_in_batches(one_batch, prompts, starts, batch_size=size, progress="sampled")
     output = paths.as_path(f.output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    images = np.concatenate(images)
     with output.with_suffix(".npz").open("wb") as file:
-        np.savez(file, images=images, latents=np.concatenate(latents), prompts=np.asarray(prompts))
+        np.savez(file, images=images, latents=latents, prompts=prompts)
     save_grid(images * 2 - 1, output)
     print(f"wrote {len(images)} images: the grid {output.resolve()} and the arrays "
           f"{output.with_suffix('.npz').resolve()}")
-
-
-def _pipeline_guidance(pipe, f):
-    scale = 7.5 if f.guidance_scale is None else f.guidance_scale
-    if f.guided_fraction == 1.0:
-        return scale
-    from edt_jax import samplers
-
-    calls = len(pipe.call_timesteps(f.steps or 50, f.sampler or "scheduler"))
-    return samplers.guidance_schedule(scale, calls, f.guided_fraction, after=f.guidance_after)
 
 
 def main(argv):

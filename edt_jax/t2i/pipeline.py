@@ -154,6 +154,15 @@ class StableDiffusion:
             return samplers.diffusers_sampler(self.scheduler_config, num_inference_steps).timesteps.astype(np.float64)
         return samplers.call_timesteps(self.schedule, num_inference_steps, sampler=sampler)
 
+    def guidance_scales(self, guidance_scale, num_inference_steps: int, *, sampler: str = SCHEDULER,
+                        guided_fraction: float = 1.0, after: str = "cond"):
+        """``guidance_scale`` itself when every call is guided, else the (S,) per-call scales of
+        ``samplers.guidance_schedule``: the first ``guided_fraction`` of the calls, then one branch alone."""
+        if guided_fraction == 1.0:
+            return guidance_scale
+        num_calls = len(self.call_timesteps(num_inference_steps, sampler))
+        return samplers.guidance_schedule(guidance_scale, num_calls, guided_fraction, after=after)
+
     def _sampler(self, sampler: str, steps: int, static_scale, switch: bool, trajectory: bool):
         # A scalar guidance scale is static (a scale of exactly 1 then runs one branch); per-call scales and the
         # switch threshold are arguments, so every switch point and every schedule of scales shares one compile.
@@ -255,10 +264,8 @@ class StableDiffusion:
         negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt)
         if len(negative) != len(prompts):
             raise ValueError(f"got {len(negative)} negative prompts for {len(prompts)} prompts; give one or one each")
-        if guided_fraction != 1.0:
-            num_calls = len(self.call_timesteps(num_inference_steps, sampler))
-            guidance_scale = samplers.guidance_schedule(guidance_scale, num_calls, guided_fraction,
-                                                        after=guidance_after)
+        guidance_scale = self.guidance_scales(guidance_scale, num_inference_steps, sampler=sampler,
+                                              guided_fraction=guided_fraction, after=guidance_after)
         out = self.sample(self.encode_prompt(prompts), self.encode_prompt(negative), latents=latents,
                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, seed=seed,
                           sampler=sampler, height=height, width=width, return_trajectory=return_trajectory)
