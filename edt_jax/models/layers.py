@@ -154,19 +154,22 @@ class PatchEmbed(nn.Module):
         return x.reshape(batch, h * w, d)
 
 
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0, *, flip_sin_to_cos: bool = True,
+                       freq_shift: float = 0.0) -> jax.Array:
     """Sinusoidal features of (possibly fractional) timesteps t (B,) -> (B, dim), [cos, sin] order.
 
     Computed in float32 exactly as the official code does (frequencies in float32), since t reaches
-    ~1000 and a different rounding of the frequencies would shift the angles by ~1e-4.
+    ~1000 and a different rounding of the frequencies would shift the angles by ~1e-4. diffusers'
+    ``get_timestep_embedding`` options: ``flip_sin_to_cos=False`` gives [sin, cos]; ``freq_shift`` divides
+    by half - freq_shift instead of half. A zero column is appended for odd ``dim``.
     """
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
     args = jnp.asarray(t, jnp.float32)[:, None] * freqs[None]
-    embedding = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+    parts = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
     if dim % 2:
-        embedding = jnp.concatenate([embedding, jnp.zeros_like(embedding[:, :1])], axis=-1)
-    return embedding
+        parts.append(jnp.zeros_like(args[:, :1]))
+    return jnp.concatenate(parts, axis=-1)
 
 
 class TimestepEmbedder(nn.Module):

@@ -11,14 +11,13 @@ do, since bfloat16 statistics drift over thousands of positions. Parameters are 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edt_jax.models.layers import Dtype
+from edt_jax.models.layers import Dtype, timestep_embedding
 from edt_jax.models.vae import _conv, _group_norm
 
 # diffusers' Transformer2DModel normalises its input with GroupNorm(eps=1e-6) whatever the UNet's norm_eps;
@@ -33,16 +32,9 @@ def timestep_features(t: jax.Array, dim: int, *, flip_sin_to_cos: bool = True, f
 
     Frequencies exp(-log(max_period) i / (dim/2 - freq_shift)) for i < dim/2, computed in float32 in
     diffusers' order of operations; [sin, cos], or [cos, sin] with ``flip_sin_to_cos``; a zero column
-    is appended for odd ``dim``. With the SD settings (flip, shift 0) this equals
-    ``layers.timestep_embedding``, which has no shift or order options.
+    is appended for odd ``dim``: ``layers.timestep_embedding`` with diffusers' options.
     """
-    half = dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
-    args = jnp.asarray(t, jnp.float32)[:, None] * jnp.exp(exponent)[None]
-    parts = [jnp.cos(args), jnp.sin(args)] if flip_sin_to_cos else [jnp.sin(args), jnp.cos(args)]
-    if dim % 2:
-        parts.append(jnp.zeros_like(args[:, :1]))
-    return jnp.concatenate(parts, axis=-1)
+    return timestep_embedding(t, dim, max_period, flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift)
 
 
 def _layer_norm(param_dtype: Dtype, name: str) -> nn.LayerNorm:
