@@ -220,6 +220,9 @@ class _LeaseLock:
         while not self._stop.wait(self.lease_s / 4):
             try:
                 current = self._read()
+                if current is None:  # a newcomer replacing a stale lock deletes it, then writes its own
+                    time.sleep(self.settle_s)
+                    current = self._read()
                 if current is None or current.token != self.holder.token:
                     self.lost = current.describe() if current else "nobody (the lock was deleted)"
                     return
