@@ -28,6 +28,7 @@ from edt_jax.analysis.prompts import FACTORS, read_factors
 from edt_jax.data.pixels import save_grid
 from edt_jax.mesh import create_mesh
 from edt_jax.reporting import spread
+from edt_jax.runs import build
 from edt_jax.t2i import captions, training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,46 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1", help="sampling seeds")
     p.add_argument("--num_prompts", type=int, default=8, help="experiments: prompts (of the 72)")
     p.add_argument("--experiments", default=",".join(text.TEXT_EXPERIMENTS), help="which experiments to run")
+    p.add_argument("--denoise_images", type=int, default=64, help="captioned images of the denoising table")
+    p.add_argument("--tag", default="", help="results stem suffix: t2i_shapes_<backend>_<tag>")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     return p.parse_args()
+
+
+DENOISE_TIMESTEPS = (50, 200, 400, 600, 800, 950)
+
+
+def denoising(pipe, source: str, *, num_images: int, seed: int = 0) -> list[dict]:
+    """x0 RMSE of the UNet on captioned images of ``source`` (the run's data) noised to each of ``DENOISE_TIMESTEPS``.
+
+    Each row: ``{"t", "x0_rmse", "mean_image_rmse", "output_mse"}``: the RMSE of the network's x0 estimate (from its
+    eps / v / x0 output) against the clean images, in [-1, 1] pixels; that of the images' mean image (what a
+    network that learnt nothing but the data's mean would give at high noise); and the MSE of the raw output
+    against its own target (the training loss at that t). The sampler's first steps see the x0 estimates of high t.
+    """
+    import jax.numpy as jnp
+
+    from edt_jax import data as data_lib
+
+    source = captions.CaptionedShapes(data_lib.create_source(source), tokenizer=pipe.tokenizer, seed=seed)
+    rng = np.random.default_rng(seed)
+    items = [source[int(i)] for i in rng.choice(len(source), num_images, replace=False)]
+    x0 = np.stack([item["image"] for item in items]).astype(np.float32) / 127.5 - 1.0
+    context = pipe.encode_prompt(np.stack([item["input_ids"] for item in items]))
+    abar = np.asarray(pipe.schedule.alphas_cumprod, np.float64)
+    rows = []
+    for t in DENOISE_TIMESTEPS:
+        a, s = np.sqrt(abar[t]), np.sqrt(1.0 - abar[t])
+        eps = rng.standard_normal(x0.shape).astype(np.float32)
+        x_t = (a * x0 + s * eps).astype(np.float32)
+        out = np.asarray(pipe.unet.apply({"params": pipe.unet_params}, jnp.asarray(x_t),
+                                         jnp.full((num_images,), t, jnp.float32), context), np.float64)
+        estimate, target = {"eps": ((x_t - s * out) / a, eps), "v": (a * x_t - s * out, a * eps - s * x0),
+                            "x0": (out, x0)}[pipe.prediction]
+        rows.append({"t": t, "x0_rmse": float(np.sqrt(np.mean((estimate - x0) ** 2))),
+                     "mean_image_rmse": float(np.sqrt(np.mean((x0 - x0.mean(0)) ** 2))),
+                     "output_mse": float(np.mean((out - target) ** 2))})
+    return rows
 
 
 def quality(pipe, reader, *, steps: int, scales: list[float], per_prompt: int, seeds: list[int]) -> dict:
@@ -83,7 +122,11 @@ def main() -> None:
     start = time.time()
     q = quality(pipe, reader, steps=a.steps, scales=scales, per_prompt=a.per_prompt, seeds=seeds)
     seconds = time.time() - start
-    stem = f"t2i_shapes_{jax.default_backend()}"
+    stem = f"t2i_shapes_{jax.default_backend()}" + (f"_{a.tag}" if a.tag else "")
+    source = build.read_config(a.workdir).data.source
+    denoise = denoising(pipe, source, num_images=a.denoise_images)
+    denoise_rows = [[r["t"], f"{r['output_mse']:.4f}", f"{r['x0_rmse']:.3f}", f"{r['mean_image_rmse']:.3f}"]
+                    for r in denoise]
     rows = [[scale, *[spread(q["by_scale"][scale][f]["per_seed"], 3) for f in (*FACTORS, "all")]]
             for scale in q["by_scale"]]
     lines = [f"# A small text-to-image model on captioned shapes, {machine_info()}", "",
@@ -92,13 +135,19 @@ def main() -> None:
              f"{a.steps} steps of the run's scheduler; the fraction of samples the shipped shapes classifier reads "
              f"as prompted (mean (min-max) over the seeds). {seconds:.0f} s.", "",
              md_table(["guidance scale", *FACTORS, "all three"], rows), "",
-             f"One sample per prompt (scale {max(scales):g}, seed {seeds[0]}): `{stem}_grid.png`."]
+             f"One sample per prompt (scale {max(scales):g}, seed {seeds[0]}): `{stem}_grid.png`.", "",
+             f"## Denoising by timestep ({pipe.prediction} prediction)", "",
+             f"{a.denoise_images} captioned training images (`{source}`) noised to x_t, their own captions: the MSE "
+             f"of the network's output against its target (the training loss at t), the RMSE of its x0 estimate, "
+             f"and that of the images' mean image (what knowing only the data's mean gives), pixels in [-1, 1].", "",
+             md_table(["t", f"{pipe.prediction} MSE", "x0 RMSE", "mean-image RMSE"], denoise_rows)]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     save_grid(q["grid"] * 2 - 1, out / f"{stem}_grid.png")
     write_results(out, stem, "\n".join(lines) + "\n", {"machine": machine_info(), "steps": a.steps,
                                                        "per_prompt": a.per_prompt, "seeds": seeds,
-                                                       "quality": q["by_scale"], "seconds": seconds})
+                                                       "quality": q["by_scale"], "seconds": seconds,
+                                                       "prediction": pipe.prediction, "denoising": denoise})
     print("\n".join(lines))
     records = captions.prompt_records(a.num_prompts)
     options = dict(steps=a.steps, guidance_scale=a.guidance_scale, seeds=seeds, num_per_prompt=a.per_prompt,
