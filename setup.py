@@ -26,7 +26,7 @@ setup(
         "pillow>=10.0",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "pytest-xdist>=3.5", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10",
+        "test": ["pytest>=8.0", "pytest-xdist>=3.8", "safetensors>=0.4", "mlxtend>=0.23", "scipy>=1.10",
                  "matplotlib>=3.7", "scikit-image>=0.22", "scikit-learn>=1.3",
                  # Executing notebooks/quickstart.ipynb in the tests.
                  "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29",
