@@ -1,13 +1,14 @@
 """The small text-to-image model on captioned shapes: how well it follows prompts, and the four working-mechanism
 experiments of Yi et al. on it.
 
-    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run       # ~25 min on 2 CPU cores
+    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run       # about an hour on 2 CPU cores
     python -m benchmarks.t2i_shapes --workdir /tmp/t2i_run
 
 Quality: every one of the 72 (shape, object hue, background hue) prompts ("a red circle on a dark blue
 background"), ``--per_prompt`` samples each, drawn with the run's scheduler at ``--steps`` and each guidance scale
 of ``--scales``; the shipped shapes classifier reads the three factors of every sample, and the table gives the
-fraction it reads as prompted (per factor and all three at once), mean and spread over the sampling seeds.
+fraction it reads as prompted (per factor and all three at once), mean and spread over the sampling seeds; and
+the network's denoising error by timestep on its training images against the images' mean image.
 Then ``analysis.text``'s reverse, switch, eos and guidance experiments on ``--num_prompts`` prompts. Writes
 ``benchmarks/results/t2i_shapes_<backend>.{md,json}`` (with a grid of one sample per prompt,
 ``..._grid.png``) and the experiments' reports into ``benchmarks/results/t2i_working_mechanism/``.
