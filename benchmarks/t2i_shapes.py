@@ -27,6 +27,7 @@ from benchmarks.bench_utils import command_line, machine_info, md_table, write_r
 from edt_jax.analysis import experiments, text
 from edt_jax.analysis.prompts import FACTORS, read_factors
 from edt_jax.data.pixels import save_grid
+from edt_jax.diffusion.predictions import target_of, to_x0
 from edt_jax.mesh import create_mesh
 from edt_jax.reporting import spread
 from edt_jax.runs import build
@@ -79,8 +80,8 @@ def denoising(pipe, source: str, *, num_images: int, seed: int = 0) -> list[dict
         x_t = (a * x0 + s * eps).astype(np.float32)
         out = np.asarray(pipe.unet.apply({"params": pipe.unet_params}, jnp.asarray(x_t),
                                          jnp.full((num_images,), t, jnp.float32), context), np.float64)
-        estimate, target = {"eps": ((x_t - s * out) / a, eps), "v": (a * x_t - s * out, a * eps - s * x0),
-                            "x0": (out, x0)}[pipe.prediction]
+        estimate = to_x0(out, x_t, a, s, pipe.prediction)
+        target = target_of(pipe.prediction, x0, eps, a, s)
         rows.append({"t": t, "x0_rmse": float(np.sqrt(np.mean((estimate - x0) ** 2))),
                      "mean_image_rmse": float(np.sqrt(np.mean((x0 - x0.mean(0)) ** 2))),
                      "output_mse": float(np.mean((out - target) ** 2))})

@@ -16,6 +16,7 @@ from edt_jax.diffusion.losses import (
     normal_kl,
     training_losses,
 )
+from edt_jax.diffusion.predictions import target_of, to_eps, to_x0
 
 B, H, W, C = 8, 4, 4, 3
 # t == 0 twice (decoder NLL), the first KL steps, the middle and the noisy end.
@@ -197,6 +198,22 @@ def test_mse_weights_formula(linear1000):
     np.testing.assert_allclose(mse_loss_weights(linear1000, prediction="v", snr_gamma=2.0),
                                np.minimum(snr, 2.0) / snr)
     assert np.all(mse_loss_weights(linear1000, weighting="none") == 1.0)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_target_and_x0_conversion_invert_each_other(linear1000, prediction):
+    """The trained target of each prediction, read back as x0 (and as eps), gives the data (and the noise)."""
+    rng = np.random.default_rng(0)
+    x0, eps = rng.standard_normal((2, 6, 5))
+    t = np.array([0, 10, 200, 500, 900, 999])
+    alpha = np.sqrt(linear1000.alphas_cumprod[t])[:, None]
+    sigma = np.sqrt(1.0 - linear1000.alphas_cumprod[t])[:, None]
+    x_t = alpha * x0 + sigma * eps
+    target = target_of(prediction, x0, eps, alpha, sigma)
+    np.testing.assert_allclose(to_x0(target, x_t, alpha, sigma, prediction), x0, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(to_eps(target, x_t, alpha, sigma, prediction), eps, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="prediction 'score' has no training target; accepted: eps, x0, v"):
+        target_of("score", x0, eps, alpha, sigma)
 
 
 def test_respaced_diffusion_feeds_the_original_timestep(linear1000):

@@ -32,7 +32,7 @@ import numpy as np
 
 from edt_jax.checks import check_choice
 from edt_jax.diffusion.ddpm import DiscreteDiffusion, as_tables, extract, q_posterior_mean_variance, q_sample
-from edt_jax.diffusion.predictions import PREDICTIONS
+from edt_jax.diffusion.predictions import PREDICTIONS, target_of, to_x0
 
 WEIGHTINGS = ("min_snr", "none")
 
@@ -98,14 +98,8 @@ def _check_gamma(snr_gamma) -> float:
 def _x0_from_prediction(diffusion: DiscreteDiffusion, prediction: str, x_t: jax.Array, t: jax.Array,
                         pred: jax.Array) -> jax.Array:
     """The x0 implied by the network's mean output (B, ..., C)."""
-    if prediction == "x0":
-        return pred
-    if prediction == "v":
-        # x_t = a x0 + s eps and v = a eps - s x0 with a^2 + s^2 = 1  =>  x0 = a x_t - s v.
-        return (extract(diffusion.sqrt_alphas_cumprod, t, x_t) * x_t
-                - extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t) * pred)
-    return (extract(diffusion.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - extract(diffusion.sqrt_recipm1_alphas_cumprod, t, x_t) * pred)
+    return to_x0(pred, x_t, extract(diffusion.sqrt_alphas_cumprod, t, x_t),
+                 extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_t), prediction)
 
 
 def _vb_terms_bpd(diffusion: DiscreteDiffusion, prediction: str, x_start: jax.Array, x_t: jax.Array,
@@ -181,13 +175,8 @@ def training_losses(model_fn: Callable[[jax.Array, jax.Array], jax.Array], x_sta
     out = out.astype(jnp.float32)
     pred = out[..., :channels]
 
-    if prediction == "eps":
-        target = noise
-    elif prediction == "x0":
-        target = x_start
-    else:
-        target = (extract(diffusion.sqrt_alphas_cumprod, t, x_start) * noise
-                  - extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start)
+    target = target_of(prediction, x_start, noise, extract(diffusion.sqrt_alphas_cumprod, t, x_start),
+                       extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x_start))
     mse = jnp.asarray(weights, dtype=jnp.float32)[t] * _mean_flat(jnp.square(target - pred))
 
     if learn_sigma:

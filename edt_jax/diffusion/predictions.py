@@ -43,6 +43,29 @@ def resolve_prediction(prediction: str | None, model_type: str | None, *, defaul
     return check_prediction(default if prediction is None else prediction, accepted)
 
 
+def target_of(prediction: str, x0, eps, alpha, sigma):
+    """What a network of ``prediction`` ("eps" | "x0" | "v") is trained to output at x = alpha x0 + sigma eps."""
+    if prediction == "eps":
+        return eps
+    if prediction == "x0":
+        return x0
+    if prediction == "v":
+        return alpha * eps - sigma * x0
+    raise ValueError(f"prediction {prediction!r} has no training target; accepted: {', '.join(PREDICTIONS)}")
+
+
+def to_x0(output, x, alpha, sigma, prediction: str):
+    """The clean data implied by a network ``output`` of ``prediction`` at x = alpha x0 + sigma eps.
+
+    jax or numpy arrays alike; alpha, sigma broadcast over x (alpha^2 + sigma^2 = 1 for "v").
+    """
+    if prediction == "x0":
+        return output
+    if prediction == "v":
+        return alpha * x - sigma * output  # v = alpha eps - sigma x0  =>  x0 = alpha x - sigma v
+    return (x - sigma * to_eps(output, x, alpha, sigma, prediction)) / alpha
+
+
 def to_eps(output, x, alpha, sigma, prediction: str):
     """The noise prediction implied by a network ``output`` of ``prediction`` at x; alpha, sigma broadcast over x."""
     if prediction == "eps":
