@@ -23,6 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+import edt_jax
 from benchmarks.bench_utils import command_line, machine_info, md_table, write_results
 from edt_jax.analysis import experiments, text
 from edt_jax.analysis.prompts import FACTORS, read_factors
@@ -31,7 +32,7 @@ from edt_jax.diffusion.predictions import target_of, to_x0
 from edt_jax.mesh import create_mesh
 from edt_jax.reporting import spread
 from edt_jax.runs import build
-from edt_jax.t2i import captions, training
+from edt_jax.t2i import captions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,7 +120,7 @@ def main() -> None:
     seeds = [int(s) for s in a.seeds.split(",")]
     scales = [float(s) for s in a.scales.split(",")]
     # One device: the samples are few and small; a multi-device CPU mesh would only split them.
-    pipe = training.load_text_run(a.workdir, mesh=create_mesh(devices=jax.devices()[:1]))
+    pipe = edt_jax.load_run(a.workdir, mesh=create_mesh(devices=jax.devices()[:1]))
     reader = text.default_reader()
     start = time.time()
     q = quality(pipe, reader, steps=a.steps, scales=scales, per_prompt=a.per_prompt, seeds=seeds)

@@ -1,6 +1,6 @@
 """The text-to-image task on captioned shapes: captions and their one-token words, the caption vocabulary, prompt
 files, a few trained steps of ``configs/shapes_t2i.py:test`` (resume included), and the export that
-``StableDiffusion.from_pretrained`` reads back to the images of ``load_text_run``."""
+``StableDiffusion.from_pretrained`` reads back to the images of the run loaded by ``edt_jax.load_run``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from reference_fixtures import fixture_path
 
+import edt_jax
 from configs import shapes_t2i
 from edt_jax.data.shapes import FACTOR_SIZES, ShapesDataset, ShapesSubset
 from edt_jax.mesh import create_mesh
@@ -166,8 +167,8 @@ def test_training_writes_checkpoints_and_resumes(run_dir):
 
 def test_export_loads_to_the_same_images(run_dir, tmp_path, one_device):
     workdir, _, _ = run_dir
-    pipe = t2i.load_text_run(workdir, mesh=one_device)
-    assert pipe.vae is None and pipe.latent_shape() == (32, 32, 3)
+    pipe = edt_jax.load_run(workdir, mesh=one_device)  # the one run loader: a text run is a pipeline
+    assert isinstance(pipe, StableDiffusion) and pipe.vae is None and pipe.latent_shape() == (32, 32, 3)
     options = dict(num_inference_steps=3, guidance_scale=2.0, seed=4)
     images = pipe(PROMPTS, **options)
     folder = t2i.export_pipeline(workdir, tmp_path / "pipeline")
@@ -177,3 +178,5 @@ def test_export_loads_to_the_same_images(run_dir, tmp_path, one_device):
     assert images.shape == (2, 32, 32, 3) and np.isfinite(images).all()
     np.testing.assert_allclose(loaded(PROMPTS, **options), images, atol=1e-5)
     np.testing.assert_array_equal(loaded.tokenize(PROMPTS), pipe.tokenize(PROMPTS))
+    with pytest.raises(ValueError, match=r"the DPM workdir .* is a text-to-image run; give a launch.train run"):
+        edt_jax.runs.load_frozen_run(workdir, (32, 32, 3), role="DPM", user="this config disentangles")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,9 @@ from edt_jax.runs.generate import make_decoder, make_generator, per_call_guidanc
 from edt_jax.samplers.wrappers import noise_predictor, x0_predictor
 from edt_jax.training.step import model_example
 from edt_jax.training.train_state import load_params, model_init
+
+if TYPE_CHECKING:
+    from edt_jax.t2i.pipeline import StableDiffusion
 
 # What ``Run.sample`` takes when an option is None: the run config's ``sample`` section, else these.
 SAMPLING_DEFAULTS = dict(sampler="unipc", steps=25, order=2, variant="bh1", skip_type="time_uniform",
@@ -249,20 +252,32 @@ def load_frozen_run(workdir, image_shape: Sequence[int], *, role: str, user: str
     if not paths.as_path(workdir).is_dir():
         raise FileNotFoundError(f"the {role} workdir {workdir} does not exist; give a launch.train run directory")
     run = load_run(workdir)
+    if not isinstance(run, Run):
+        raise ValueError(f"the {role} workdir {workdir} is a text-to-image run; give a launch.train run of an "
+                         f"image model (eps / x0 / v network of images)")
     run.check_image_shape(image_shape, role=role, user=user)
     return run
 
 
 def load_run(workdir, step: int | None = None, use_ema: bool | None = True, *, vae_path: str | None = None,
-             mesh: jax.sharding.Mesh | None = None) -> Run:
+             mesh: jax.sharding.Mesh | None = None) -> Run | StableDiffusion:
     """The run in ``workdir`` (a ``launch.train`` directory): its ``config.json`` and the parameters of the
     checkpoint at ``step`` (default: the newest), EMA ones unless ``use_ema=False`` (None: the config's
     ``sample.use_ema``). Only those parameters are
     read (no optimizer is built), sharded over ``mesh`` (default: all devices, batch-parallel) by the run's
     sharding rules. ``vae_path`` overrides ``config.vae.path`` for latent runs. One-line errors when the
-    directory is not a run or holds no checkpoint."""
+    directory is not a run or holds no checkpoint.
+
+    A text-to-image run (``configs/shapes_t2i.py``) loads as what it is used as, a pixel-space
+    ``edt_jax.t2i.StableDiffusion`` pipeline (``edt_jax.t2i.training.load_text_run``), not a ``Run``."""
     workdir = paths.expand(workdir)
     config = build.read_config(workdir)
+    if config.get("task") == "text_to_image":
+        from edt_jax.t2i.training import load_text_run  # the t2i stack (tokenizer, sd, clip) only when needed
+
+        if vae_path is not None:
+            raise ValueError(f"vae_path={vae_path!r}: the text-to-image run {workdir} is in pixel space")
+        return load_text_run(workdir, step=step, use_ema=True if use_ema is None else use_ema, mesh=mesh)
     model = build.build_model(config)
     if use_ema is None:
         use_ema = bool(config.get("sample", {}).get("use_ema", True))

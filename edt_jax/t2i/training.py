@@ -3,12 +3,12 @@
 
     from edt_jax.t2i import training
     training.train(config, "/tmp/t2i")                       # configs/shapes_t2i.py; resumes like every run
-    pipe = training.load_text_run("/tmp/t2i")                # EMA params of the newest checkpoint, no optimizer
+    pipe = training.load_text_run("/tmp/t2i")                # = edt_jax.load_run: EMA params, no optimizer
     images = pipe(["a red circle on a dark blue background"], num_inference_steps=20, guidance_scale=3.0)
     training.export_pipeline("/tmp/t2i", "/tmp/t2i_pipeline")   # StableDiffusion.from_pretrained reads it back
 
-The task trains ``{"unet": ..., "text_encoder": ...}`` jointly on the eps-prediction MSE of the DDPM forward process
-(``diffusion.training_losses`` with ``learn_sigma=False``): the UNet sees ``x_t`` of the 32x32 images in [-1, 1],
+The task trains ``{"unet": ..., "text_encoder": ...}`` jointly on the MSE of ``config.loss.prediction`` (eps, x0 or v)
+of the DDPM forward process (``diffusion.training_losses`` with ``learn_sigma=False``): the UNet sees ``x_t`` of the 32x32 images in [-1, 1],
 the training timestep and the text encoder's ``last_hidden_state`` of the caption. A fraction
 (``data.caption_dropout``) of the captions is replaced by the empty prompt's ids, which is what the pipeline's
 unconditional branch (negative prompt "") feeds, so classifier-free guidance works. The run's ``tokenizer/``
