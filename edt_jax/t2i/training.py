@@ -7,13 +7,13 @@
     images = pipe(["a red circle on a dark blue background"], num_inference_steps=20, guidance_scale=3.0)
     training.export_pipeline("/tmp/t2i", "/tmp/t2i_pipeline")   # StableDiffusion.from_pretrained reads it back
 
-The task trains ``{"unet": ..., "text_encoder": ...}`` jointly on the MSE of ``config.loss.prediction`` (eps, x0 or v)
-of the DDPM forward process (``diffusion.training_losses`` with ``learn_sigma=False``): the UNet sees ``x_t`` of the 32x32 images in [-1, 1],
-the training timestep and the text encoder's ``last_hidden_state`` of the caption. A fraction
-(``data.caption_dropout``) of the captions is replaced by the empty prompt's ids, which is what the pipeline's
-unconditional branch (negative prompt "") feeds, so classifier-free guidance works. The run's ``tokenizer/``
-(vocab.json + merges.txt of ``captions.caption_vocabulary``) is written into the workdir at the first start and
-read from there afterwards.
+The task trains ``{"unet": ..., "text_encoder": ...}`` jointly on the MSE of ``config.loss.prediction`` (eps, x0 or
+v) of the DDPM forward process (``diffusion.training_losses`` with ``learn_sigma=False``): the UNet sees ``x_t`` of
+the 32x32 images in [-1, 1], the training timestep and the text encoder's ``last_hidden_state`` of the caption. A
+fraction (``data.caption_dropout``) of the captions is replaced by the empty prompt's ids, which is what the
+pipeline's unconditional branch (negative prompt "") feeds, so classifier-free guidance works. The run's
+``tokenizer/`` (vocab.json + merges.txt of ``captions.caption_vocabulary``) is written into the workdir at the first
+start and read from there afterwards.
 
 Export: the diffusers layout of a pixel-space pipeline (``model_index.json`` with ``"vae": [null, null]``, no
 ``vae/``), tensors under their diffusers / transformers names in torch layouts (``convert.torch_state_dict``, the
