@@ -48,6 +48,7 @@ def get_config(arg=None):
         dis_weight=0.0 if arg == "lambda0" else 0.05,  # lambda; the official README runs 0.05
         dis_weighting="x0",  # the official per-example weight (losses.WEIGHTINGS)
         train_encoder_in_dis=False,  # the official train_enc_flag (default off: a frozen encoder copy)
+        reconstruction="eps",  # the official L1 on the noise ("x0": the same error in x0 units; docs/disdiff.md)
     ))
     c.total_steps = 600  # a CPU budget (docs/disdiff.md)
     # DCI on the N * d = 224 raw entries is slow (one boosted-tree fit per factor over 224 features): it runs on

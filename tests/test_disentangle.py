@@ -3,6 +3,8 @@ the invariants of the model: zero fields at init, one field per factor code, the
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -157,6 +159,12 @@ def test_loss_starts_from_the_frozen_model(model_and_params):
     np.testing.assert_allclose(loss, jnp.mean(jnp.abs(noise - 0.3 * x_t)), rtol=1e-6)
     # Zero up to rounding: XLA may round the two x0 estimates' identical expressions differently (emitters, FMA).
     assert float(metrics["dis_weight"]) < 1e-10 and float(metrics["dis_total"]) < 1e-10
+    # reconstruction="x0": the same error read in x0 units, sqrt((1 - abar) / abar) times the noise error.
+    in_x0 = dataclasses.replace(model, reconstruction="x0")
+    loss_x0, _ = jax.jit(in_x0.loss_fn)(params, frozen, batch, key)
+    np.testing.assert_allclose(loss_x0, jnp.mean(jnp.sqrt((1 - a) / a) * jnp.abs(noise - 0.3 * x_t)), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"reconstruction='v'; accepted: eps, x0"):
+        dataclasses.replace(model, reconstruction="v")
 
 
 def test_frozen_encoder_copy_passes_no_gradient(model_and_params):

@@ -151,7 +151,8 @@ def build_method(config: ml_collections.ConfigDict, dpm_workdir: paths.PathLike 
     if dpm is not None:
         eps_fn, alphas_cumprod = dpm.noise_predictor(), dpm.schedule.alphas_cumprod
     model = DisDiff(encoder, decoder, eps_fn, np.asarray(alphas_cumprod), m.dis_weight,
-                    m.get("dis_weighting", "x0"), bool(m.get("train_encoder_in_dis", False)))
+                    m.get("dis_weighting", "x0"), bool(m.get("train_encoder_in_dis", False)),
+                    m.get("reconstruction", "eps"))
 
     def encode(params, x):
         return model.encode(params, x).reshape(x.shape[0], -1)

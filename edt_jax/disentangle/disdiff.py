@@ -42,6 +42,9 @@ def swap_codes(codes: jax.Array, donors: jax.Array, factor: int) -> jax.Array:
     return codes.at[:, factor].set(donors[:, factor])
 
 
+RECONSTRUCTIONS = ("eps", "x0")  # what the reconstruction L1 measures (DisDiff.reconstruction)
+
+
 @dataclasses.dataclass(frozen=True)
 class DisDiff:
     """The DisDiff objective on a frozen noise predictor ``eps_fn``.
@@ -51,7 +54,10 @@ class DisDiff:
     the reconstruction alone and skips the second pass); dis_weighting: its per-example weight
     (``losses.WEIGHTINGS``: "x0" official, "none" not); train_encoder_in_dis: the official ``train_enc_flag``
     (default off: the disentangling loss reads the codes through a frozen copy of the encoder; on: through
-    the encoder itself, so the cross-entropies train it directly).
+    the encoder itself, so the cross-entropies train it directly); reconstruction: ``RECONSTRUCTIONS``, "eps"
+    (official: L1 between the noise and the shifted noise prediction) or "x0" (not official: the same L1 read as
+    the error of the implied x0, i.e. times sqrt((1 - abar_t) / abar_t), so the high-noise steps, where only the
+    codes can say what the image is, are not weighted down by sqrt(abar_t / (1 - abar_t)) -> 0).
     """
 
     encoder: nn.Module
@@ -61,12 +67,15 @@ class DisDiff:
     dis_weight: float = 0.05
     dis_weighting: str = "x0"
     train_encoder_in_dis: bool = False
+    reconstruction: str = "eps"
 
     def __post_init__(self) -> None:
         if self.dis_weight < 0:
             raise ValueError(f"dis_weight={self.dis_weight!r} must be >= 0 (0 = reconstruction only)")
         if self.dis_weighting not in WEIGHTINGS:
             raise ValueError(f"dis_weighting={self.dis_weighting!r}; accepted: {', '.join(WEIGHTINGS)}")
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise ValueError(f"reconstruction={self.reconstruction!r}; accepted: {', '.join(RECONSTRUCTIONS)}")
 
     @property
     def num_factors(self) -> int:
@@ -112,7 +121,10 @@ class DisDiff:
         codes = self.encode(params, x0)
         g = self.fields(params, x_t, eps, t, codes)  # (N, B, H, W, C)
         coef = train_shift_coef(abar, t).reshape(a.shape)
-        reconstruction = jnp.mean(jnp.abs(noise - (eps + coef * jnp.sum(g, axis=0))))
+        error = jnp.abs(noise - (eps + coef * jnp.sum(g, axis=0)))
+        if self.reconstruction == "x0":  # |x0 - x0_shifted| = sqrt((1 - abar) / abar) |noise - eps_shifted|
+            error = error * jnp.sqrt((1.0 - a) / a)
+        reconstruction = jnp.mean(error)
         metrics = {"reconstruction": reconstruction}
         if self.dis_weight == 0:
             return reconstruction, metrics
