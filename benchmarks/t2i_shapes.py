@@ -28,6 +28,7 @@ from benchmarks.bench_utils import command_line, machine_info, md_table, write_r
 from edt_jax.analysis import experiments, text
 from edt_jax.analysis.prompts import FACTORS, read_factors
 from edt_jax.data.pixels import save_grid
+from edt_jax.data.shapes import ShapesDataset
 from edt_jax.diffusion.predictions import target_of, to_x0
 from edt_jax.mesh import create_mesh
 from edt_jax.reporting import spread
@@ -89,6 +90,52 @@ def denoising(pipe, source: str, *, num_images: int, seed: int = 0) -> list[dict
     return rows
 
 
+SENSITIVITY_TIMESTEPS = (200, 600)
+
+
+def sensitivity(pipe, *, num_noise: int = 4, seed: int = 0) -> list[dict]:
+    """How much the UNet listens to each prompted factor: for every one of the 72 prompts and each factor, the RMS
+    change of the network's output when only that factor's word changes (to the next value), on the same x_t
+    (``num_noise`` Gaussian draws, standard normal: the model's view at high noise) at each of
+    ``SENSITIVITY_TIMESTEPS``. Rows ``{"t", "factor", "output_rms_change", "output_rms"}``: mean over prompts; the
+    rows of t = "image" are the RMS change of the image itself (large, centred, unrotated) under the same change.
+    """
+    import jax.numpy as jnp
+
+    records = captions.prompt_records(72)
+    x = np.random.default_rng(seed).standard_normal((num_noise, *pipe.latent_shape())).astype(np.float32)
+
+    def outputs(prompts: list[str], t: int) -> np.ndarray:  # (P, num_noise, H, W, C)
+        ctx = np.asarray(pipe.encode_prompt(prompts))
+        batch_ctx = jnp.asarray(np.repeat(ctx, num_noise, axis=0))
+        batch_x = jnp.asarray(np.tile(x, (len(prompts), 1, 1, 1)))
+        out = pipe.unet.apply({"params": pipe.unet_params}, batch_x, jnp.full((len(batch_x),), t, jnp.float32),
+                              batch_ctx)
+        return np.asarray(out, np.float64).reshape(len(prompts), num_noise, *x.shape[1:])
+
+    def images(values: list[dict]) -> np.ndarray:  # the factors drawn large, centred, unrotated, in [-1, 1]
+        full = [[v["shape"], v["object_hue"], v["background_hue"], 3, 3, 4, 0] for v in values]
+        return ShapesDataset(x.shape[1]).images_for(np.array(full)).astype(np.float64) / 127.5 - 1.0
+
+    rows = []
+    for factor in FACTORS:  # how much the images themselves change: what a network that listened would follow
+        size = {"shape": 3, "object_hue": 6, "background_hue": 4}[factor]
+        changed = [{**r["factors"], factor: (r["factors"][factor] + 1) % size} for r in records]
+        delta = images(changed) - images([r["factors"] for r in records])
+        rows.append({"t": "image", "factor": factor, "output_rms": None,
+                     "output_rms_change": float(np.sqrt(np.mean(delta ** 2)))})
+    for t in SENSITIVITY_TIMESTEPS:
+        base = outputs([r["prompt"] for r in records], t)
+        for factor in FACTORS:
+            size = {"shape": 3, "object_hue": 6, "background_hue": 4}[factor]
+            changed = [captions.caption_of(**{**r["factors"], factor: (r["factors"][factor] + 1) % size})
+                       for r in records]
+            delta = outputs(changed, t) - base
+            rows.append({"t": t, "factor": factor, "output_rms": float(np.sqrt(np.mean(base ** 2))),
+                         "output_rms_change": float(np.sqrt(np.mean(delta ** 2)))})
+    return rows
+
+
 def quality(pipe, reader, *, steps: int, scales: list[float], per_prompt: int, seeds: list[int]) -> dict:
     """{scale: {factor or "all": {"per_seed": [...], "mean", "min", "max"}}} of the 72 prompts, and one grid."""
     records = captions.prompt_records(72)
@@ -130,6 +177,9 @@ def main() -> None:
     denoise = denoising(pipe, source, num_images=a.denoise_images)
     denoise_rows = [[r["t"], f"{r['output_mse']:.4f}", f"{r['x0_rmse']:.3f}", f"{r['mean_image_rmse']:.3f}"]
                     for r in denoise]
+    listens = sensitivity(pipe)
+    listen_rows = [[t, *[f"{r['output_rms_change']:.3f}" for f in FACTORS for r in listens
+                         if r["t"] == t and r["factor"] == f]] for t in ("image", *SENSITIVITY_TIMESTEPS)]
     rows = [[scale, *[spread(q["by_scale"][scale][f]["per_seed"], 3) for f in (*FACTORS, "all")]]
             for scale in q["by_scale"]]
     lines = [f"# A small text-to-image model on captioned shapes, {machine_info()}", "",
@@ -143,14 +193,22 @@ def main() -> None:
              f"{a.denoise_images} captioned training images (`{source}`) noised to x_t, their own captions: the MSE "
              f"of the network's output against its target (the training loss at t), the RMSE of its x0 estimate, "
              f"and that of the images' mean image (what knowing only the data's mean gives), pixels in [-1, 1].", "",
-             md_table(["t", f"{pipe.prediction} MSE", "x0 RMSE", "mean-image RMSE"], denoise_rows)]
+             md_table(["t", f"{pipe.prediction} MSE", "x0 RMSE", "mean-image RMSE"], denoise_rows), "",
+             "## What the network listens to", "",
+             f"The RMS change of the UNet's {pipe.prediction} output when one factor's word of a prompt changes (to "
+             f"the next value), on the same x_t (standard normal), mean over the 72 prompts; the output's own RMS is "
+             f"about {np.mean([r['output_rms'] for r in listens if r['output_rms']]):.2f}. Row `image`: the RMS "
+             f"change of the image itself (drawn large, centred, unrotated; pixels in [-1, 1]) under the same change "
+             f"of the factor.", "",
+             md_table(["t", *[f"{f} word" for f in FACTORS]], listen_rows)]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     save_grid(q["grid"] * 2 - 1, out / f"{stem}_grid.png")
     write_results(out, stem, "\n".join(lines) + "\n", {"machine": machine_info(), "steps": a.steps,
                                                        "per_prompt": a.per_prompt, "seeds": seeds,
                                                        "quality": q["by_scale"], "seconds": seconds,
-                                                       "prediction": pipe.prediction, "denoising": denoise})
+                                                       "prediction": pipe.prediction, "denoising": denoise,
+                                                       "sensitivity": listens})
     print("\n".join(lines))
     records = captions.prompt_records(a.num_prompts)
     options = dict(steps=a.steps, guidance_scale=a.guidance_scale, seeds=seeds, num_per_prompt=a.per_prompt,
