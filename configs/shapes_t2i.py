@@ -3,7 +3,7 @@
     python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run
     # or, from Python:  edt_jax.t2i.training.train(get_config(), "/tmp/t2i_run")
 
-Then ``edt_jax.t2i.training.load_text_run("/tmp/t2i_run")`` is a ``StableDiffusion`` pipeline
+Then ``edt_jax.load_run("/tmp/t2i_run")`` is a ``StableDiffusion`` pipeline
 (``pipe(["a red circle on a dark blue background"], num_inference_steps=20, guidance_scale=3.0)``) and
 ``export_pipeline("/tmp/t2i_run", "/tmp/t2i_pipeline")`` writes it as a diffusers folder.
 
