@@ -21,6 +21,8 @@ noise at the network's own error. And a 2,000-step CPU budget fits a slice (the 
 of this library train on one too), not 110,592 images with seven free factors.
 Measured on this 2-core CPU: 1.8 s a step for (16, 32, 64) channels, 2.9 s for (32, 64, 64), 7.1 s for (64, 128)
 (the backward convolutions cost 3x the forward on XLA:CPU), so the widths are the narrowest.
+It learns the colour words, not the shape word (docs/t2i.md: the network's output moves a quarter as much as the
+image when the shape word changes); without rotations in the slice it does not either.
 ``get_config("test")`` is a few steps of a minute model for the tests.
 """
 
