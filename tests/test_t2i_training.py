@@ -121,6 +121,12 @@ def test_config_dicts_and_layouts_invert():
     cfg = t2i.unet_config(config)
     assert (cfg.sample_size, cfg.in_channels, cfg.cross_attention_dim) == (32, 3, 64)
     assert unet_config_from_dict(t2i.unet_config_to_dict(cfg)) == cfg
+    assert cfg.only_cross_attention == (False, False, False)
+    # Per-block options reach the UNet: cross-attention only (no self-attention) in the first block.
+    config.model.unet = {**config.model.unet.to_dict(), "only_cross_attention": (True, False, False)}
+    fine = t2i.unet_config(config)
+    assert fine.only_cross_attention == (True, False, False)
+    assert unet_config_from_dict(t2i.unet_config_to_dict(fine)) == fine
     rng = np.random.default_rng(0)
     for shape in ((3, 4), (3, 3, 2, 5), (7,)):
         flax = rng.standard_normal(shape)

@@ -108,6 +108,7 @@ def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
         up_block_types=u["up_block_types"], mid_block_type=u.get("mid_block_type", "UNetMidBlock2DCrossAttn"),
         layers_per_block=u["layers_per_block"], attention_head_dim=u["attention_heads"],  # diffusers: heads
         transformer_layers_per_block=u.get("transformer_layers_per_block", 1),
+        only_cross_attention=u.get("only_cross_attention", False),
         use_linear_projection=u.get("use_linear_projection", False), norm_num_groups=u["norm_num_groups"],
         cross_attention_dim=config.model.text_encoder.hidden_size, sample_size=config.data.image_size))
 
