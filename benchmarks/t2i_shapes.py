@@ -28,7 +28,7 @@ from benchmarks.bench_utils import command_line, machine_info, md_table, write_r
 from edt_jax.analysis import experiments, text
 from edt_jax.analysis.prompts import FACTORS, read_factors
 from edt_jax.data.pixels import save_grid
-from edt_jax.data.shapes import ShapesDataset
+from edt_jax.data.shapes import FACTOR_NAMES, FACTOR_SIZES, ShapesDataset
 from edt_jax.diffusion.predictions import target_of, to_x0
 from edt_jax.mesh import create_mesh
 from edt_jax.reporting import spread
@@ -119,7 +119,7 @@ def sensitivity(pipe, *, num_noise: int = 4, seed: int = 0) -> list[dict]:
 
     rows = []
     for factor in FACTORS:  # how much the images themselves change: what a network that listened would follow
-        size = {"shape": 3, "object_hue": 6, "background_hue": 4}[factor]
+        size = FACTOR_SIZES[FACTOR_NAMES.index(factor)]
         changed = [{**r["factors"], factor: (r["factors"][factor] + 1) % size} for r in records]
         delta = images(changed) - images([r["factors"] for r in records])
         rows.append({"t": "image", "factor": factor, "output_rms": None,
@@ -127,7 +127,7 @@ def sensitivity(pipe, *, num_noise: int = 4, seed: int = 0) -> list[dict]:
     for t in SENSITIVITY_TIMESTEPS:
         base = outputs([r["prompt"] for r in records], t)
         for factor in FACTORS:
-            size = {"shape": 3, "object_hue": 6, "background_hue": 4}[factor]
+            size = FACTOR_SIZES[FACTOR_NAMES.index(factor)]
             changed = [captions.caption_of(**{**r["factors"], factor: (r["factors"][factor] + 1) % size})
                        for r in records]
             delta = outputs(changed, t) - base
