@@ -23,7 +23,9 @@ Measured on this 2-core CPU: 1.8 s a step for (16, 32, 64) channels, 2.9 s for (
 (the backward convolutions cost 3x the forward on XLA:CPU), so the widths are the narrowest.
 It learns the colour words, not the shape word (docs/t2i.md: the network's output moves a quarter as much as the
 image when the shape word changes); without rotations in the slice it does not either.
-``get_config("test")`` is a few steps of a minute model for the tests.
+``:no_rotation`` (the slice without rotations, 1,500 steps) and ``:fine_text`` (that, with cross-attention also at
+32x32, 1,000 steps) are the variants tried in docs/t2i.md; ``get_config("test")`` is a few steps of a minute model
+for the tests.
 """
 
 import ml_collections
@@ -33,11 +35,13 @@ from configs.base import base_config, decay_over_the_run
 # Fixed: the largest scale, centre x 3 / y 4; free: the three prompted factors (shape, object hue, background hue)
 # and the orientation: 432 images, every one of the 72 prompts with 6 orientations.
 CAPTIONED_SLICE = "shapes:scale=3,x_position=3,y_position=4"
+VARIANTS = (None, "", "no_rotation", "fine_text", "test")
 
 
 def get_config(arg=None):
-    if arg not in (None, "", "test"):
-        raise ValueError(f"shapes_t2i: unknown variant {arg!r}; use none (the CPU run) or test")
+    if arg not in VARIANTS:
+        raise ValueError(f"shapes_t2i: unknown variant {arg!r}; use none (the CPU run), no_rotation, fine_text or "
+                         f"test")
     c = base_config()
     del c.vae  # pixel space
     c.task = "text_to_image"  # edt_jax.t2i.training.train runs it (not runs.train)
@@ -71,6 +75,14 @@ def get_config(arg=None):
     # The pipeline's scheduler (scheduler/scheduler_config.json of the export) and sampling defaults.
     c.sample = ml_collections.ConfigDict(dict(scheduler="UniPCMultistepScheduler", steps=20, guidance_scale=3.0,
                                               num_samples=24, use_ema=True))
+    if arg in ("no_rotation", "fine_text"):  # the tried variants of docs/t2i.md ("Why not the shape")
+        c.data.source = CAPTIONED_SLICE + ",orientation=0"  # one image per prompt, 72 images
+        c.total_steps = 1500
+    if arg == "fine_text":  # the text also at 32x32: cross-attention without self-attention there
+        c.total_steps = 1000
+        c.model.unet = {**c.model.unet.to_dict(), "down_block_types": ("CrossAttnDownBlock2D",) * 3,
+                        "up_block_types": ("CrossAttnUpBlock2D",) * 3, "only_cross_attention": (True, False, False),
+                        "attention_heads": (2, 4, 4)}
     if arg == "test":  # a few steps of a minute model (batch 8: the tests' 8 virtual devices)
         c.total_steps, c.batch_size, c.log_every_steps, c.checkpoint_every_steps = 2, 8, 1, 2
         c.optimizer.warmup_steps = 1
