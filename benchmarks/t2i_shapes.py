@@ -117,20 +117,18 @@ def sensitivity(pipe, *, num_noise: int = 4, seed: int = 0) -> list[dict]:
         full = [[v["shape"], v["object_hue"], v["background_hue"], 3, 3, 4, 0] for v in values]
         return ShapesDataset(x.shape[1]).images_for(np.array(full)).astype(np.float64) / 127.5 - 1.0
 
+    prompted = [r["factors"] for r in records]
+    # Each factor moved to its next value in every prompt: the same change for the images and for the captions.
+    moved = {f: [{**v, f: (v[f] + 1) % FACTOR_SIZES[FACTOR_NAMES.index(f)]} for v in prompted] for f in FACTORS}
     rows = []
     for factor in FACTORS:  # how much the images themselves change: what a network that listened would follow
-        size = FACTOR_SIZES[FACTOR_NAMES.index(factor)]
-        changed = [{**r["factors"], factor: (r["factors"][factor] + 1) % size} for r in records]
-        delta = images(changed) - images([r["factors"] for r in records])
+        delta = images(moved[factor]) - images(prompted)
         rows.append({"t": "image", "factor": factor, "output_rms": None,
                      "output_rms_change": float(np.sqrt(np.mean(delta ** 2)))})
     for t in SENSITIVITY_TIMESTEPS:
         base = outputs([r["prompt"] for r in records], t)
         for factor in FACTORS:
-            size = FACTOR_SIZES[FACTOR_NAMES.index(factor)]
-            changed = [captions.caption_of(**{**r["factors"], factor: (r["factors"][factor] + 1) % size})
-                       for r in records]
-            delta = outputs(changed, t) - base
+            delta = outputs([captions.caption_of(**v) for v in moved[factor]], t) - base
             rows.append({"t": t, "factor": factor, "output_rms": float(np.sqrt(np.mean(base ** 2))),
                          "output_rms_change": float(np.sqrt(np.mean(delta ** 2)))})
     return rows

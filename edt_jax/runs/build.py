@@ -8,6 +8,8 @@ paths and ``gs://`` both work.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -31,6 +33,14 @@ def to_plain(value):
     if isinstance(value, list | tuple):
         return tuple(to_plain(v) for v in value)
     return value
+
+
+TEXT_TO_IMAGE_TASK = "text_to_image"  # config.task of the text-to-image configs (edt_jax.t2i.training trains them)
+
+
+def is_text_to_image(config: Mapping[str, Any]) -> bool:
+    """Whether a config (or a run's config.json dict) is a text-to-image one (``task == "text_to_image"``)."""
+    return config.get("task") == TEXT_TO_IMAGE_TASK
 
 
 def read_config(workdir) -> ml_collections.ConfigDict:

@@ -272,7 +272,7 @@ def load_run(workdir, step: int | None = None, use_ema: bool | None = True, *, v
     ``edt_jax.t2i.StableDiffusion`` pipeline (``edt_jax.t2i.training.load_text_run``), not a ``Run``."""
     workdir = paths.expand(workdir)
     config = build.read_config(workdir)
-    if config.get("task") == "text_to_image":
+    if build.is_text_to_image(config):
         from edt_jax.t2i.training import load_text_run  # the t2i stack (tokenizer, sd, clip) only when needed
 
         if vae_path is not None:

@@ -23,8 +23,6 @@ inverse of the state-dict matcher) and the scheduler config of the training beta
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -52,7 +50,8 @@ from edt_jax.training.task import Task
 from edt_jax.training.train_state import InitParams, load_params
 from edt_jax.training.workdir_lock import hold_workdir
 
-TASK = "text_to_image"  # config.task of the text-to-image configs
+TASK = build.TEXT_TO_IMAGE_TASK  # config.task of the text-to-image configs
+is_text_to_image = build.is_text_to_image
 TOKENIZER_DIR = "tokenizer"  # the run's vocabulary, inside the workdir
 DIFFUSERS_VERSION = "0.42.1"  # the diffusers whose layout the export writes (as the test fixtures)
 PREDICTION_TYPES = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}  # library name -> diffusers'
@@ -375,11 +374,6 @@ def export_pipeline(source: paths.PathLike | StableDiffusion, folder: paths.Path
                     pad_token=token(pipe.tokenizer.pad_token_id))
     _write_json(folder / "scheduler" / "scheduler_config.json", {"_diffusers_version": DIFFUSERS_VERSION, **scheduler})
     return folder
-
-
-def is_text_to_image(config: Mapping[str, Any]) -> bool:
-    """Whether a config (or a run's config.json dict) is a text-to-image one (``task == "text_to_image"``)."""
-    return config.get("task") == TASK
 
 
 __all__ = ["TASK", "build_dataset", "build_networks", "export_pipeline", "init_networks", "is_text_to_image",
