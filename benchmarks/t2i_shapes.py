@@ -93,14 +93,21 @@ def denoising(pipe, source: str, *, num_images: int, seed: int = 0) -> list[dict
 SENSITIVITY_TIMESTEPS = (200, 600)
 
 
-def sensitivity(pipe, *, num_noise: int = 4, seed: int = 0) -> list[dict]:
+def sensitivity(pipe, source: str, *, num_noise: int = 4, seed: int = 0) -> list[dict]:
     """How much the UNet listens to each prompted factor: for every one of the 72 prompts and each factor, the RMS
     change of the network's output when only that factor's word changes (to the next value), on the same x_t
     (``num_noise`` Gaussian draws, standard normal: the model's view at high noise) at each of
     ``SENSITIVITY_TIMESTEPS``. Rows ``{"t", "factor", "output_rms_change", "output_rms"}``: mean over prompts; the
-    rows of t = "image" are the RMS change of the image itself (large, centred, unrotated) under the same change.
+    rows of t = "image" are the RMS change of the image itself under the same change, the factors no prompt names
+    at the first value ``source`` (the run's data, a shapes slice) holds.
     """
     import jax.numpy as jnp
+
+    from edt_jax import data as data_lib
+
+    shapes = data_lib.create_source(source)
+    held = getattr(shapes, "factor_values", [range(size) for size in FACTOR_SIZES])  # the whole dataset: all
+    unnamed = {name: values[0] for name, values in zip(FACTOR_NAMES, held, strict=True) if name not in FACTORS}
 
     records = captions.prompt_records(72)
     x = np.random.default_rng(seed).standard_normal((num_noise, *pipe.latent_shape())).astype(np.float32)
@@ -113,8 +120,8 @@ def sensitivity(pipe, *, num_noise: int = 4, seed: int = 0) -> list[dict]:
                               batch_ctx)
         return np.asarray(out, np.float64).reshape(len(prompts), num_noise, *x.shape[1:])
 
-    def images(values: list[dict]) -> np.ndarray:  # the factors drawn large, centred, unrotated, in [-1, 1]
-        full = [[v["shape"], v["object_hue"], v["background_hue"], 3, 3, 4, 0] for v in values]
+    def images(values: list[dict]) -> np.ndarray:  # the prompted factors drawn in the run's slice, in [-1, 1]
+        full = [[{**unnamed, **v}[name] for name in FACTOR_NAMES] for v in values]
         return ShapesDataset(x.shape[1]).images_for(np.array(full)).astype(np.float64) / 127.5 - 1.0
 
     prompted = [r["factors"] for r in records]
@@ -175,7 +182,7 @@ def main() -> None:
     denoise = denoising(pipe, source, num_images=a.denoise_images)
     denoise_rows = [[r["t"], f"{r['output_mse']:.4f}", f"{r['x0_rmse']:.3f}", f"{r['mean_image_rmse']:.3f}"]
                     for r in denoise]
-    listens = sensitivity(pipe)
+    listens = sensitivity(pipe, source)
     listen_rows = [[t, *[f"{r['output_rms_change']:.3f}" for f in FACTORS for r in listens
                          if r["t"] == t and r["factor"] == f]] for t in ("image", *SENSITIVITY_TIMESTEPS)]
     rows = [[scale, *[spread(q["by_scale"][scale][f]["per_seed"], 3) for f in (*FACTORS, "all")]]

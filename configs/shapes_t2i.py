@@ -1,7 +1,7 @@
 """A small pixel-space text-to-image model (SD's UNet + a CLIP text encoder, trained jointly) on captioned shapes.
 
     python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run
-    # or, from Python:  edt_jax.t2i.training.train(get_config(), "/tmp/t2i_run")
+    # or, from Python:  edt_jax.runs.train(get_config(), "/tmp/t2i_run")
 
 Then ``edt_jax.load_run("/tmp/t2i_run")`` is a ``StableDiffusion`` pipeline
 (``pipe(["a red circle on a dark blue background"], num_inference_steps=20, guidance_scale=3.0)``) and
@@ -44,7 +44,7 @@ def get_config(arg=None):
                          f"test")
     c = base_config()
     del c.vae  # pixel space
-    c.task = "text_to_image"  # edt_jax.t2i.training.train runs it (not runs.train)
+    c.task = "text_to_image"  # runs.train hands it to edt_jax.t2i.training.train
     c.total_steps = 2000  # ~1.8 s a step on a 2-core CPU: ~60 minutes
     c.batch_size = 64
     c.log_every_steps = 20

@@ -13,7 +13,6 @@ from __future__ import annotations
 from absl import app, flags, logging
 
 from edt_jax import runs
-from edt_jax.t2i import training as t2i_training
 from edt_jax.training.checkpoint import UnreadableCheckpointError
 from launch import common
 
@@ -27,10 +26,8 @@ def main(argv):
     common.quiet_library_logs()
     common.maybe_initialize_distributed()
     try:
-        config = flags.FLAGS.config
         # Text-to-image configs train the SD UNet and text encoder (edt_jax.t2i), the rest a class-conditional run.
-        train = t2i_training.train if t2i_training.is_text_to_image(config) else runs.train
-        result = train(config, flags.FLAGS.workdir)
+        result = runs.train(flags.FLAGS.config, flags.FLAGS.workdir)
     # Bad configs / inputs / checkpoints: one line, no traceback.
     except (*common.USER_ERRORS, UnreadableCheckpointError) as err:
         common.exit_with_error(err)

@@ -137,8 +137,8 @@ def test_config_dicts_and_layouts_invert():
     assert (scheduler["beta_start"], scheduler["beta_end"]) == (1e-4, 0.02)
     assert scheduler["prediction_type"] == "v_prediction"
     config.loss.prediction = "score"
-    with pytest.raises(ValueError, match="score"):
-        t2i.train(config, "/nonexistent/never_written")
+    with pytest.raises(ValueError, match="score"):  # through the one entry point: runs.train hands text configs on
+        edt_jax.runs.train(config, "/nonexistent/never_written")
 
 
 # ------------------------------------------------------------------------------------------------ a trained run

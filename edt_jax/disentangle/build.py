@@ -33,10 +33,10 @@ from edt_jax.disentangle.baselines import beta_vae_loss
 from edt_jax.disentangle.disdiff import DisDiff
 from edt_jax.disentangle.networks import BetaVAE, Encoder, SubGradientDecoder
 from edt_jax.runs import Run, load_frozen_run
-from edt_jax.runs.build import build_mesh, build_optimizer
+from edt_jax.runs.build import build_mesh, build_optimizer, loop_options
 from edt_jax.training import sharding
 from edt_jax.training.checkpoint import CONFIG_FILENAME
-from edt_jax.training.loop import LoopOptions, TrainResult, train
+from edt_jax.training.loop import TrainResult, train
 from edt_jax.training.task import Task
 from edt_jax.training.train_state import load_params
 
@@ -173,10 +173,7 @@ def train_method(config: ml_collections.ConfigDict, workdir, method: Method) -> 
                                       random_flip=config.data.random_flip, keep_keys=())
     task = Task(init_params=method.init_params, loss_fn=method.loss_fn, frozen=method.frozen,
                 ema_decay=config.ema_decay)
-    options = LoopOptions(total_steps=config.total_steps, log_every_steps=config.log_every_steps,
-                          checkpoint_every_steps=config.checkpoint_every_steps,
-                          keep_checkpoints=config.keep_checkpoints, seed=config.seed)
-    return train(task, build_optimizer(config), dataset, mesh, paths.as_path(workdir), options,
+    return train(task, build_optimizer(config), dataset, mesh, paths.as_path(workdir), loop_options(config),
                  config=config.to_dict())
 
 

@@ -35,9 +35,9 @@ from edt_jax.restoration.data import check_estimate_shape
 from edt_jax.restoration.degradations import image_keys, pseudo_inverse
 from edt_jax.restoration.networks import FusionNet, GaussianDenoiser, NAFNet, count_params, lift
 from edt_jax.runs import Run, load_frozen_run
-from edt_jax.runs.build import build_schedule
+from edt_jax.runs.build import build_schedule, loop_options
 from edt_jax.training import sharding
-from edt_jax.training.loop import LoopOptions, TrainResult, train
+from edt_jax.training.loop import TrainResult, train
 from edt_jax.training.optimizers import create_optimizer
 from edt_jax.training.task import Task
 from edt_jax.training.train_state import load_params, model_init
@@ -135,9 +135,7 @@ def train_network(config: ml_collections.ConfigDict, workdir: paths.PathLike, na
     dataset = data_lib.create_dataset(source, host_batch, seed=part.get("seed", config.seed), label_key=None,
                                       random_flip=config.data.random_flip and not paired, keep_keys=("x0_ir",))
     task = Task(init_params=model_init(net, example), loss_fn=loss_fn, frozen=frozen, ema_decay=part.ema_decay)
-    options = LoopOptions(total_steps=part.steps, log_every_steps=config.log_every_steps,
-                          checkpoint_every_steps=config.checkpoint_every_steps,
-                          keep_checkpoints=config.keep_checkpoints, seed=part.get("seed", config.seed))
+    options = loop_options(config, total_steps=part.steps, seed=part.get("seed", config.seed))
     return train(task, _optimizer(part), dataset, mesh, paths.as_path(workdir) / network_dir(config, name), options,
                  config={"network": name, **config.to_dict()})
 

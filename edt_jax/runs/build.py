@@ -22,6 +22,7 @@ from edt_jax.models import EDT, MDTv2, create_model
 from edt_jax.models.vae import SD_VAE_SCALE, create_vae, load_vae_weights
 from edt_jax.training import sharding
 from edt_jax.training.checkpoint import CONFIG_FILENAME
+from edt_jax.training.loop import LoopOptions
 from edt_jax.training.optimizers import create_optimizer
 from edt_jax.training.step import LossConfig
 
@@ -85,6 +86,15 @@ def build_loss_config(config: ml_collections.ConfigDict, model) -> LossConfig:
         raise ValueError(f"loss.masked_pass=True needs an EDT or MDTv2 model (token-masking training), got "
                          f"{type(model).__name__}; set --config.loss.masked_pass=False")
     return LossConfig(learn_sigma=model.learn_sigma, ema_decay=config.get("ema_decay", 0.9999), **loss)
+
+
+def loop_options(config: ml_collections.ConfigDict, *, total_steps: int | None = None,
+                 seed: int | None = None) -> LoopOptions:
+    """The training loop's step counts of ``config`` (its ``total_steps`` and ``seed`` unless given: DP-IR trains
+    several networks, each with its own)."""
+    return LoopOptions(total_steps=config.total_steps if total_steps is None else total_steps,
+                       log_every_steps=config.log_every_steps, checkpoint_every_steps=config.checkpoint_every_steps,
+                       keep_checkpoints=config.get("keep_checkpoints", 3), seed=config.seed if seed is None else seed)
 
 
 def build_optimizer(config: ml_collections.ConfigDict):

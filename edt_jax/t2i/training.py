@@ -44,7 +44,7 @@ from edt_jax.samplers.diffusers_config import SCHEDULER_CLASSES, resolve_config
 from edt_jax.t2i.captions import CaptionedShapes, write_tokenizer
 from edt_jax.t2i.pipeline import StableDiffusion
 from edt_jax.t2i.tokenizer import CLIPTokenizer, load_tokenizer
-from edt_jax.training.loop import LoopOptions, TrainResult
+from edt_jax.training.loop import TrainResult
 from edt_jax.training.loop import train as train_loop
 from edt_jax.training.task import Task
 from edt_jax.training.train_state import InitParams, load_params
@@ -258,10 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: paths.PathLike, *, mesh: M
             tokenizer("")["input_ids"][0], caption_dropout=float(config.data.caption_dropout),
             prediction=config.loss.prediction, weighting=config.loss.weighting, snr_gamma=config.loss.snr_gamma,
             ema_decay=config.ema_decay)
-        options = LoopOptions(total_steps=config.total_steps, log_every_steps=config.log_every_steps,
-                              checkpoint_every_steps=config.checkpoint_every_steps,
-                              keep_checkpoints=config.get("keep_checkpoints", 3), seed=config.seed)
-        return train_loop(task, build.build_optimizer(config), dataset, mesh, key, options,
+        return train_loop(task, build.build_optimizer(config), dataset, mesh, key, build.loop_options(config),
                           config=config.to_dict(), rules=build.build_sharding_rules(config))
 
 
