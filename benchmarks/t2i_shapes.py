@@ -1,7 +1,7 @@
 """The small text-to-image model on captioned shapes: how well it follows prompts, and the four working-mechanism
 experiments of Yi et al. on it.
 
-    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run       # about an hour on 2 CPU cores
+    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run       # about 90 minutes on 2 CPU cores
     python -m benchmarks.t2i_shapes --workdir /tmp/t2i_run
 
 Quality: every one of the 72 (shape, object hue, background hue) prompts ("a red circle on a dark blue
@@ -10,8 +10,8 @@ of ``--scales``; the shipped shapes classifier reads the three factors of every 
 fraction it reads as prompted (per factor and all three at once), mean and spread over the sampling seeds; and
 the network's denoising error by timestep on its training images against the images' mean image.
 Then ``analysis.text``'s reverse, switch, eos and guidance experiments on ``--num_prompts`` prompts. Writes
-``benchmarks/results/t2i_shapes_<backend>.{md,json}`` (with a grid of one sample per prompt,
-``..._grid.png``) and the experiments' reports into ``benchmarks/results/t2i_working_mechanism/``.
+``benchmarks/results/t2i_shapes_<backend>[_<tag>].{md,json}`` (with a grid of one sample per prompt,
+``..._grid.png``) and the experiments' reports into ``benchmarks/results/t2i_working_mechanism[_<tag>]/``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from edt_jax.mesh import create_mesh
 from edt_jax.reporting import spread
 from edt_jax.runs import build
 from edt_jax.t2i import captions
+from edt_jax.training.metrics import read_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,6 +142,18 @@ def sensitivity(pipe, source: str, *, num_noise: int = 4, seed: int = 0) -> list
     return rows
 
 
+def training(workdir: str, *, last: int = 10) -> dict | None:
+    """The run's training as its ``metrics.jsonl`` logged it: steps, the median step time and images/s, and the
+    mean loss of the ``last`` logged records; None for a workdir without one (a copied checkpoint)."""
+    path = Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return None
+    records = read_records(path)
+    return {"steps": records[-1]["step"], "median_step_time_s": float(np.median([r["step_time_s"] for r in records])),
+            "median_images_per_s": float(np.median([r["images_per_s"] for r in records])),
+            "final_loss": float(np.mean([r["loss"] for r in records[-last:]]))}
+
+
 def quality(pipe, reader, *, steps: int, scales: list[float], per_prompt: int, seeds: list[int]) -> dict:
     """{scale: {factor or "all": {"per_seed": [...], "mean", "min", "max"}}} of the 72 prompts, and one grid."""
     records = captions.prompt_records(72)
@@ -178,7 +191,8 @@ def main() -> None:
     q = quality(pipe, reader, steps=a.steps, scales=scales, per_prompt=a.per_prompt, seeds=seeds)
     seconds = time.time() - start
     stem = f"t2i_shapes_{jax.default_backend()}" + (f"_{a.tag}" if a.tag else "")
-    source = build.read_config(a.workdir).data.source
+    config = build.read_config(a.workdir)
+    source, trained = config.data.source, training(a.workdir)
     denoise = denoising(pipe, source, num_images=a.denoise_images)
     denoise_rows = [[r["t"], f"{r['output_mse']:.4f}", f"{r['x0_rmse']:.3f}", f"{r['mean_image_rmse']:.3f}"]
                     for r in denoise]
@@ -189,6 +203,10 @@ def main() -> None:
             for scale in q["by_scale"]]
     lines = [f"# A small text-to-image model on captioned shapes, {machine_info()}", "",
              f"`{command_line()}`", "",
+             *([] if trained is None else [
+                 f"The run: {trained['steps']} steps of {config.batch_size} on `{source}`, a median "
+                 f"{trained['median_step_time_s']:.2f} s a step ({trained['median_images_per_s']:.1f} images/s) as "
+                 f"its metrics.jsonl logged it; loss {trained['final_loss']:.4f} over the last 10 logged steps.", ""]),
              f"The 72 (shape, object hue, background hue) prompts x {a.per_prompt} samples x seeds {seeds}, "
              f"{a.steps} steps of the run's scheduler; the fraction of samples the shipped shapes classifier reads "
              f"as prompted (mean (min-max) over the seeds). {seconds:.0f} s.", "",
@@ -203,8 +221,8 @@ def main() -> None:
              f"The RMS change of the UNet's {pipe.prediction} output when one factor's word of a prompt changes (to "
              f"the next value), on the same x_t (standard normal), mean over the 72 prompts; the output's own RMS is "
              f"about {np.mean([r['output_rms'] for r in listens if r['output_rms']]):.2f}. Row `image`: the RMS "
-             f"change of the image itself (drawn large, centred, unrotated; pixels in [-1, 1]) under the same change "
-             f"of the factor.", "",
+             f"change of the image itself (the prompted factors drawn in the run's slice; pixels in [-1, 1]) under the "
+             f"same change of the factor.", "",
              md_table(["t", *[f"{f} word" for f in FACTORS]], listen_rows)]
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +231,7 @@ def main() -> None:
                                                        "per_prompt": a.per_prompt, "seeds": seeds,
                                                        "quality": q["by_scale"], "seconds": seconds,
                                                        "prediction": pipe.prediction, "denoising": denoise,
-                                                       "sensitivity": listens})
+                                                       "sensitivity": listens, "training": trained})
     print("\n".join(lines))
     records = captions.prompt_records(a.num_prompts)
     options = dict(steps=a.steps, guidance_scale=a.guidance_scale, seeds=seeds, num_per_prompt=a.per_prompt,
@@ -221,7 +239,8 @@ def main() -> None:
     for kind in [k for k in a.experiments.split(",") if k]:  # --experiments "": the quality table alone
         start = time.time()
         report = text.run_text_experiment(kind, pipe, records, **options)
-        experiments.write_report(report, kind, out / "t2i_working_mechanism", time.time() - start)
+        experiments.write_report(report, kind, out / ("t2i_working_mechanism" + (f"_{a.tag}" if a.tag else "")),
+                                 time.time() - start)
         print(report.markdown)
 
 
