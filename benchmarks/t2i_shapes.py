@@ -1,7 +1,7 @@
 """The small text-to-image model on captioned shapes: how well it follows prompts, and the four working-mechanism
 experiments of Yi et al. on it.
 
-    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run       # about 90 minutes on 2 CPU cores
+    python -m launch.train --config configs/shapes_t2i.py --workdir /tmp/t2i_run       # about 96 minutes on 2 CPU cores
     python -m benchmarks.t2i_shapes --workdir /tmp/t2i_run
 
 Quality: every one of the 72 (shape, object hue, background hue) prompts ("a red circle on a dark blue
