@@ -190,7 +190,8 @@ def main() -> None:
     start = time.time()
     q = quality(pipe, reader, steps=a.steps, scales=scales, per_prompt=a.per_prompt, seeds=seeds)
     seconds = time.time() - start
-    stem = f"t2i_shapes_{jax.default_backend()}" + (f"_{a.tag}" if a.tag else "")
+    suffix = f"_{a.tag}" if a.tag else ""  # of the quality files and the experiments' folder alike
+    stem = f"t2i_shapes_{jax.default_backend()}{suffix}"
     config = build.read_config(a.workdir)
     source, trained = config.data.source, training(a.workdir)
     denoise = denoising(pipe, source, num_images=a.denoise_images)
@@ -239,8 +240,7 @@ def main() -> None:
     for kind in [k for k in a.experiments.split(",") if k]:  # --experiments "": the quality table alone
         start = time.time()
         report = text.run_text_experiment(kind, pipe, records, **options)
-        experiments.write_report(report, kind, out / ("t2i_working_mechanism" + (f"_{a.tag}" if a.tag else "")),
-                                 time.time() - start)
+        experiments.write_report(report, kind, out / f"t2i_working_mechanism{suffix}", time.time() - start)
         print(report.markdown)
 
 

@@ -36,6 +36,7 @@ from configs.base import base_config, decay_over_the_run
 # and the orientation: 432 images, every one of the 72 prompts with 6 orientations (``:rotations``). The default
 # also fixes the orientation: 72 images, one per prompt.
 CAPTIONED_SLICE = "shapes:scale=3,x_position=3,y_position=4"
+UNROTATED_SLICE = CAPTIONED_SLICE + ",orientation=0"
 # The first recipe's runs (docs/reports/t2i_shape_word.md), kept as they ran; none of them learnt the shape word.
 FIRST_RECIPE_VARIANTS = ("rotations", "no_rotation", "fine_text")
 VARIANTS = (None, "", *FIRST_RECIPE_VARIANTS, "test")
@@ -66,7 +67,7 @@ def get_config(arg=None):
         text_encoder=dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                           hidden_act="quick_gelu")))
     c.data = ml_collections.ConfigDict(dict(
-        source=CAPTIONED_SLICE + ",orientation=0", image_size=32, channels=3,
+        source=UNROTATED_SLICE, image_size=32, channels=3,
         caption_dropout=0.1,  # captions replaced by the empty prompt: the unconditional branch of guidance
         optional_probability=0.5,  # how often a caption names the size, and (independently) the position
         num_workers=0, num_threads=None))
@@ -78,13 +79,13 @@ def get_config(arg=None):
     # The pipeline's scheduler (scheduler/scheduler_config.json of the export) and sampling defaults.
     c.sample = ml_collections.ConfigDict(dict(scheduler="UniPCMultistepScheduler", steps=20, guidance_scale=3.0,
                                               num_samples=24, use_ema=True))
-    if arg in FIRST_RECIPE_VARIANTS:  # 2,000 steps of 64 at 6e-4 on the slice with rotations
+    if arg in FIRST_RECIPE_VARIANTS:  # 2,000 steps of 64 at 6e-4 (1,500 without rotations)
         c.total_steps, c.batch_size, c.checkpoint_every_steps = 2000, 64, 60
         c.optimizer.warmup_steps = 50
         decay_over_the_run(c, 6e-4, 6e-5)
+    if arg == "rotations":  # every orientation: 432 images
         c.data.source = CAPTIONED_SLICE
-    if arg in ("no_rotation", "fine_text"):  # one image per prompt, 72 images
-        c.data.source = CAPTIONED_SLICE + ",orientation=0"
+    if arg in ("no_rotation", "fine_text"):
         c.total_steps = 1500
     if arg == "fine_text":  # the text also at 32x32: cross-attention without self-attention there
         c.total_steps = 1000
