@@ -14,7 +14,7 @@ A 3-level UNet (16 / 32 / 64 channels, self- and cross-attention at 16x16, 8x8 a
 parameters) conditioned on a 3-layer, 64-wide text encoder over the caption vocabulary (613 tokens), v prediction
 on ADM's linear schedule, AdamW 1.5e-3 after a 100-step warmup, decayed linearly to 1e-5 over 4,000 steps of 32,
 10% of the captions dropped for classifier-free guidance.
-Why (docs/t2i.md; docs/reports/t2i_shape_word.md): the shape is the small signal (the objects are about 7 pixels
+Why (docs/t2i.md; docs/reports/t2i_shape_word.md): the shape is the small signal (the objects are 10-14 pixels
 wide), and it is learnt late: the classifier reads the prompted shape in chance's share of the samples at step
 1,000 and in 0.93 / 0.99 (guidance 1 / 3) at step 2,000. The first recipe (batch 64 at 6e-4, 1,500-2,000 steps:
 ``:rotations``, ``:no_rotation``, ``:fine_text``) stopped before that and drew round blobs for every shape.
