@@ -15,6 +15,7 @@ from edt_jax.training.optimizers import (
     adan,
     create_optimizer,
     current_learning_rate,
+    ema_decay_at,
     ema_update,
     init_ema,
     linear_decay_schedule,
@@ -275,3 +276,36 @@ def test_ema_update_math():
     assert out["w"].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(ema_update(ema, params, 0.0)["w"]), [3.0, -2.0])  # decay 0: copy
     assert current_learning_rate(ema) is None
+
+
+def test_ema_warmup_follows_ldm_litema():
+    """LitEma: the n-th update (n = 1, 2, ...) decays by min(decay, (1 + n) / (10 + n)); no warm-up: decay."""
+    steps = np.array([0, 1, 8, 98, 100_000])
+    want = np.minimum(0.999, (2.0 + steps) / (11.0 + steps))
+    np.testing.assert_allclose(np.asarray(jax.jit(lambda s: ema_decay_at(0.999, s, warmup=True))(steps)), want,
+                               rtol=1e-6)
+    assert ema_decay_at(0.999, 5, warmup=False) == 0.999
+    assert float(ema_decay_at(0.999, 0, warmup=True)) == pytest.approx(2.0 / 11.0)
+
+
+def test_update_step_ema_with_warmup_is_litemas_recurrence():
+    """Three SGD steps on a quadratic: the state's EMA equals LitEma's shadow parameter computed by hand."""
+    from edt_jax.training.task import make_update_step
+    from edt_jax.training.train_state import TrainState
+
+    def loss_fn(params, frozen, batch, key):
+        return jnp.sum((params["w"] - batch["target"]) ** 2), {}
+
+    tx = optax.sgd(0.1)
+    params = {"w": jnp.array([1.0, -1.0])}
+    state = TrainState(step=jnp.int32(0), params=params, ema_params=init_ema(params), opt_state=tx.init(params))
+    step = jax.jit(make_update_step(loss_fn, tx, 0.999, ema_warmup=True))
+    batch = {"target": jnp.array([3.0, 2.0])}
+    w, shadow = np.array([1.0, -1.0]), np.array([1.0, -1.0])
+    for n in range(1, 4):
+        state, _ = step(state, None, batch, jax.random.key(0))
+        w = w - 0.1 * 2 * (w - np.array([3.0, 2.0]))
+        decay = min(0.999, (1 + n) / (10 + n))
+        shadow = decay * shadow + (1 - decay) * w
+    np.testing.assert_allclose(np.asarray(state.params["w"]), w, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(state.ema_params["w"]), shadow, rtol=1e-6)

@@ -172,7 +172,7 @@ def train_method(config: ml_collections.ConfigDict, workdir, method: Method) -> 
                                       image_size=config.data.image_size, channels=config.data.channels,
                                       random_flip=config.data.random_flip, keep_keys=())
     task = Task(init_params=method.init_params, loss_fn=method.loss_fn, frozen=method.frozen,
-                ema_decay=config.ema_decay)
+                ema_decay=config.ema_decay, ema_warmup=bool(config.get("ema_warmup", False)))
     return train(task, build_optimizer(config), dataset, mesh, paths.as_path(workdir), loop_options(config),
                  config=config.to_dict())
 

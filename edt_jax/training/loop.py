@@ -117,8 +117,8 @@ def _train(task, tx, dataset, mesh, workdir, options, config, rules, hold) -> Tr
 
     replicated = sharding_lib.replicated(mesh)
     frozen = jax.tree.map(lambda a: a if isinstance(a, jax.Array) else jax.device_put(a, replicated), task.frozen)
-    step_fn = compile_update_step(make_update_step(task.loss_fn, tx, task.ema_decay), shardings, frozen,
-                                  sharding_lib.batch_sharding(mesh), replicated)
+    update = make_update_step(task.loss_fn, tx, task.ema_decay, ema_warmup=task.ema_warmup)
+    step_fn = compile_update_step(update, shardings, frozen, sharding_lib.batch_sharding(mesh), replicated)
     base_key = jax.random.key(options.seed + 1)
     history = []
 

@@ -243,6 +243,19 @@ def ema_update(ema_params: optax.Params, params: optax.Params, decay: float | ja
                         ema_params, params)
 
 
+def ema_decay_at(decay: float, step: jax.Array | int, *, warmup: bool) -> jax.Array | float:
+    """The EMA decay of the update made at optimizer step ``step`` (0 for the first update).
+
+    ``warmup=False``: ``decay`` throughout (DiT, EDT). ``warmup=True``: LDM's ``LitEma``, which DisDiff trains
+    with: ``min(decay, (1 + n) / (10 + n))`` for the n-th update (n = step + 1), so a short run's EMA is not
+    mostly its initialisation (at 0.999 without it, 74% of the EMA is still the initialisation after 300 steps).
+    """
+    if not warmup:
+        return decay
+    n = jnp.asarray(step, jnp.float32) + 1.0
+    return jnp.minimum(jnp.float32(decay), (1.0 + n) / (10.0 + n))
+
+
 def init_ema(params: optax.Params) -> optax.Params:
     """The EMA at step 0: a float32 copy of ``params``."""
     return jax.tree.map(lambda p: jnp.asarray(p, jnp.float32).copy(), params)

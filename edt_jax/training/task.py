@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import optax
 
-from edt_jax.training.optimizers import ema_update, learning_rate_of
+from edt_jax.training.optimizers import ema_decay_at, ema_update, learning_rate_of
 from edt_jax.training.train_state import InitParams, TrainState
 
 LossFn = Callable[[Any, Any, dict, jax.Array], tuple[jax.Array, dict]]  # (params, frozen, batch, key)
@@ -57,6 +57,8 @@ class Task:
     after_step: called with the step's metrics (device arrays) after every step.
     host_state: named objects with ``state_dict`` / ``load_state_dict``, saved in every checkpoint.
     ema_decay: decay of the parameter EMA kept in the state.
+    ema_warmup: LDM's EMA warm-up (``optimizers.ema_decay_at``): the decay starts near 0 and rises to
+      ``ema_decay``; off, the EMA decays at ``ema_decay`` from step 0 (DiT, EDT).
     """
 
     init_params: InitParams
@@ -66,9 +68,11 @@ class Task:
     after_step: Callable[[dict], None] | None = None
     host_state: Mapping[str, HostState] = dataclasses.field(default_factory=dict)
     ema_decay: float = 0.9999
+    ema_warmup: bool = False
 
 
-def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay: float) -> StepFn:
+def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_decay: float, *,
+                     ema_warmup: bool = False) -> StepFn:
     """A pure ``step(state, frozen, batch, key) -> (state, metrics)``: gradients, update, EMA.
 
     The key is folded with the state's step, so every step draws fresh randomness from one base key.
@@ -81,7 +85,7 @@ def make_update_step(loss_fn: LossFn, tx: optax.GradientTransformation, ema_deca
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, frozen, batch, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, ema_decay)
+        ema = ema_update(state.ema_params, params, ema_decay_at(ema_decay, state.step, warmup=ema_warmup))
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **aux}
         learning_rate = learning_rate_of(opt_state)
         if learning_rate is not None:
