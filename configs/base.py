@@ -122,9 +122,7 @@ def disentangle_config(source: str = "shapes") -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 2
     c.ema_decay = 0.999
-    # LDM's EMA warm-up (LitEma, which the official DisDiff trains with): without it a few-hundred-step run would
-    # be evaluated on an EMA that is still mostly its random initialisation.
-    c.ema_warmup = True
+    c.ema_warmup = True  # LDM's LitEma warm-up, as the official DisDiff (docs/disdiff.md, the EMA note)
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.data = ml_collections.ConfigDict(dict(source=source, image_size=32, channels=3, random_flip=False))
     c.optimizer = ml_collections.ConfigDict(dict(name="adam", learning_rate=1e-3, weight_decay=0.0,
